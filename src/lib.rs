@@ -1,0 +1,19 @@
+//! attache: a GitOps control plane for Envoy.
+//!
+//! Configuration flows one way through the stages below (see DESIGN.md):
+//!
+//! ```text
+//! config (parse + validate) -> translate (pure) -> snapshot (versioned) -> xds (ADS server)
+//!                                  ^
+//!                   endpoints -----'
+//! ```
+//!
+//! Start reading at [`config::load_dir`], then [`translate::translate`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod endpoints;
+pub mod render;
+pub mod snapshot;
+pub mod translate;
+pub mod xds;

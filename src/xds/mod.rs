@@ -1,0 +1,1 @@
+//! xds (to be written).
