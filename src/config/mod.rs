@@ -5,5 +5,6 @@
 //! every problem with file, line, column, kind/name and field path.
 
 mod model;
+pub mod yaml;
 
 pub use model::*;
