@@ -490,7 +490,10 @@ impl<'a> Decoder<'a, '_> {
     }
 
     fn expected(&self, what: &str) -> DecodeError {
-        self.fail(format!("expected {what}, found {}", self.node.value.describe()))
+        self.fail(format!(
+            "expected {what}, found {}",
+            self.node.value.describe()
+        ))
     }
 }
 
@@ -580,7 +583,9 @@ impl<'a> de::Deserializer<'a> for Decoder<'a, '_> {
                 })
                 .map_err(|e| e.at(node, path));
         }
-        visitor.visit_newtype_struct(self).map_err(|e| e.at(node, path))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e| e.at(node, path))
     }
 
     fn deserialize_enum<V: Visitor<'a>>(

@@ -42,7 +42,10 @@ fn decode_reads_typed_fields_and_positions() {
     assert_eq!(spec.port, Some(80));
     assert_eq!(spec.headers, vec![Header { name: "x".into() }]);
     let here = spec.here.expect("here");
-    assert_eq!((here.value.as_str(), here.line, here.column), ("there", 5, 7));
+    assert_eq!(
+        (here.value.as_str(), here.line, here.column),
+        ("there", 5, 7)
+    );
 }
 
 #[test]
@@ -51,7 +54,11 @@ fn unknown_field_names_path_line_and_suggestion() {
     let err = decode::<Spec>(&docs[0], "spec").expect_err("typo");
     assert_eq!(err.path, "spec.headers[0].nmae");
     assert_eq!((err.line, err.column), (4, 5));
-    assert!(err.message.contains("did you mean `name`"), "{}", err.message);
+    assert!(
+        err.message.contains("did you mean `name`"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
