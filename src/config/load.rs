@@ -135,6 +135,9 @@ pub struct Parsed {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `spec.` for the CRD form, empty for the flat form: prefixes field paths.
     pub base: &'static str,
+    /// Where the spec mapping starts (the document itself in the flat form): a missing
+    /// required field is reported here.
+    pub spec_at: (u32, u32),
     pub spec: Spec,
     /// The annotated Service's own `name.namespace`, the default `service` of Mappings
     /// declared in its annotation.
@@ -420,6 +423,7 @@ impl DocContext<'_> {
                 },
                 labels,
                 base: if crd_form { "spec." } else { "" },
+                spec_at: (spec_node.line, spec_node.column),
                 spec,
                 default_service: scope.map(|s| s.service.clone()),
             }),

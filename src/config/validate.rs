@@ -25,6 +25,7 @@ struct Check<'a> {
     origin: &'a Origin,
     resource: ResourceRef,
     base: &'static str,
+    spec_at: (u32, u32),
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -54,8 +55,10 @@ impl Check<'_> {
         self.at(Severity::Error, at.line, at.column, field, message.into());
     }
 
+    /// An error about the spec as a whole, such as a missing field.
     fn error_here(&mut self, field: &str, message: impl Into<String>) {
-        self.at(Severity::Error, 0, 0, field, message.into());
+        let (line, column) = self.spec_at;
+        self.at(Severity::Error, line, column, field, message.into());
     }
 
     fn failed(&self) -> bool {
@@ -122,6 +125,7 @@ pub fn validate(
             origin: &p.origin,
             resource: ResourceRef::new(p.kind, &p.name),
             base: p.base,
+            spec_at: p.spec_at,
             diagnostics: Vec::new(),
         };
         match p.spec {

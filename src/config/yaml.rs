@@ -123,9 +123,10 @@ pub fn parse_documents(bytes: &[u8], limits: &Limits) -> Result<Vec<Node>, Synta
         return Err(SyntaxError {
             line: 1,
             column: 1,
+            // read_dir stops reading one byte past the limit, so the size we know may be
+            // a lower bound: say "larger than", not a byte count.
             message: format!(
-                "file is {} bytes, over the limit of {} bytes",
-                bytes.len(),
+                "file is larger than the limit of {} bytes for one config file; split it",
                 limits.max_file_bytes
             ),
         });
@@ -160,7 +161,7 @@ pub fn parse_documents(bytes: &[u8], limits: &Limits) -> Result<Vec<Node>, Synta
             SyntaxError {
                 line,
                 column,
-                message: syntax_message(&e),
+                message: syntax_message(&e, limits),
             }
         })?;
     Ok(docs
@@ -171,16 +172,38 @@ pub fn parse_documents(bytes: &[u8], limits: &Limits) -> Result<Vec<Node>, Synta
 }
 
 /// serde-saphyr's `Display` renders a snippet with the location; we print our own
-/// `file:line:col`, so keep only the first line of the message.
-fn syntax_message(e: &serde_saphyr::Error) -> String {
+/// `file:line:col`, so keep only the first line of the message, without the location it
+/// repeats, and say in our words what a budget breach means.
+fn syntax_message(e: &serde_saphyr::Error, limits: &Limits) -> String {
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid YAML").trim();
     // Drop a trailing " at line X column Y" that the renderer may add.
-    let message = match first.find(" at line ") {
+    let mut message = match first.find(" at line ") {
         Some(i) => &first[..i],
         None => first,
     };
-    message.trim_start_matches("error: ").to_owned()
+    message = message.trim_start_matches("error: ");
+    // ... and a leading "line X column Y: ".
+    if let Some(rest) = message.strip_prefix("line ")
+        && let Some((_, rest)) = rest.split_once(": ")
+    {
+        message = rest;
+    }
+    if message.starts_with("budget breached") {
+        return format!(
+            "YAML expands beyond attache's limits for one file (at most {} aliases and {} \
+             nodes after alias expansion); is this an alias bomb? ({message})",
+            limits.max_aliases, limits.max_nodes
+        );
+    }
+    if message.starts_with("recursion limit exceeded") {
+        return format!("nested deeper than {} levels", limits.max_depth);
+    }
+    if let Some(key) = message.strip_prefix("duplicate mapping key: ") {
+        let key = key.split(", set DuplicateKeyPolicy").next().unwrap_or(key);
+        return format!("duplicate key `{key}`: YAML keeps only one of them, so this is refused");
+    }
+    message.to_owned()
 }
 
 fn clamp(n: u64) -> u32 {
@@ -549,9 +572,12 @@ impl<'a> de::Deserializer<'a> for Decoder<'a, '_> {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
-        match self.node.value {
-            Value::Map(_) => self.deserialize_any(visitor),
-            _ => Err(self.expected("a mapping").at(self.node, self.path)),
+        let (node, path) = (self.node, self.path);
+        match node.value {
+            // A missing field is reported by the struct's visitor with no position: it is
+            // the struct's own, so point at the mapping that lacks it.
+            Value::Map(_) => self.deserialize_any(visitor).map_err(|e| e.at(node, path)),
+            _ => Err(self.expected("a mapping").at(node, path)),
         }
     }
 

@@ -122,5 +122,5 @@ fn limits_stop_alias_bombs_and_deep_nesting() {
         ..Limits::default()
     };
     let err = parse_documents(&big, &limits).expect_err("too big");
-    assert!(err.message.contains("over the limit"));
+    assert!(err.message.contains("larger than the limit of 10 bytes"));
 }
