@@ -197,7 +197,77 @@ pub fn parse_files(
     limits: &Limits,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<Parsed> {
+    let total: usize = files.iter().map(|f| f.bytes.len()).sum();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_PARSE_THREADS)
+        .min(files.len());
+    if total < PARALLEL_FROM_BYTES || workers < 2 {
+        let mut parsed = Vec::new();
+        parse_some(files, limits, diagnostics, &mut parsed);
+        return parsed;
+    }
+    // Files are independent, so big revisions parse on every core. Each worker takes a
+    // contiguous run of files of about equal size and results are joined in file order,
+    // so the output does not depend on scheduling.
+    let chunks = contiguous_chunks(files, workers, total);
+    let results: Vec<(Vec<Parsed>, Vec<Diagnostic>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let (mut parsed, mut diagnostics) = (Vec::new(), Vec::new());
+                    parse_some(chunk, limits, &mut diagnostics, &mut parsed);
+                    (parsed, diagnostics)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     let mut parsed = Vec::new();
+    for (mut p, mut d) in results {
+        parsed.append(&mut p);
+        diagnostics.append(&mut d);
+    }
+    parsed
+}
+
+/// Below this many bytes a revision parses faster on one thread than it takes to start more.
+const PARALLEL_FROM_BYTES: usize = 256 * 1024;
+/// Parsing is memory-bound beyond a few cores.
+const MAX_PARSE_THREADS: usize = 8;
+
+/// `files` cut into at most `n` contiguous runs of roughly `total / n` bytes each.
+fn contiguous_chunks(files: &[SourceFile], n: usize, total: usize) -> Vec<&[SourceFile]> {
+    let target = total.div_ceil(n).max(1);
+    let mut chunks = Vec::with_capacity(n);
+    let (mut start, mut size) = (0, 0);
+    for (i, file) in files.iter().enumerate() {
+        size += file.bytes.len();
+        if size >= target && chunks.len() + 1 < n {
+            chunks.push(&files[start..=i]);
+            start = i + 1;
+            size = 0;
+        }
+    }
+    if start < files.len() {
+        chunks.push(&files[start..]);
+    }
+    chunks
+}
+
+fn parse_some(
+    files: &[SourceFile],
+    limits: &Limits,
+    diagnostics: &mut Vec<Diagnostic>,
+    parsed: &mut Vec<Parsed>,
+) {
     for file in files {
         let name: Arc<str> = Arc::from(file.path.as_str());
         let docs = match yaml::parse_documents(&file.bytes, limits) {
@@ -220,13 +290,12 @@ pub fn parse_files(
             source: std::str::from_utf8(&file.bytes).unwrap_or_default(),
             limits,
             diagnostics: &mut *diagnostics,
-            out: &mut parsed,
+            out: &mut *parsed,
         };
         for doc in &docs {
             ctx.document(doc, None);
         }
     }
-    parsed
 }
 
 /// Defaults inherited by resources declared inside a Service's annotation.

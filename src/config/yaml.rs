@@ -6,14 +6,13 @@
 //! holds several documents, each document may be in Emissary's CRD form or its flat form,
 //! and an annotation may hold YAML of its own. Looking at `apiVersion` and `kind` before
 //! choosing a type, and reporting one bad document without losing the others, needs the
-//! document in hand. serde-saphyr parses it (with its budget bounding aliases, depth and
-//! size) and gives us spans; everything after that is ours.
+//! document in hand. `parse` builds the tree from the YAML parser's events, bounding
+//! depth, aliases and size as it goes; everything after that is ours.
 
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
-use serde_saphyr::Spanned;
 
 /// One YAML value and where it starts (1-based line and column).
 #[derive(Debug, Clone, PartialEq)]
@@ -139,75 +138,11 @@ pub fn parse_documents(bytes: &[u8], limits: &Limits) -> Result<Vec<Node>, Synta
             message: "file is not valid UTF-8".to_owned(),
         }
     })?;
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_depth: limits.max_depth,
-            flow_nesting_limit: limits.max_depth,
-            max_documents: 100_000,
-            max_events: limits.max_nodes.saturating_mul(2),
-            max_aliases: limits.max_aliases,
-            max_nodes: limits.max_nodes,
-        },
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
-        // `y`, `no`, `on` are strings in a gateway config, never booleans.
-        strict_booleans: true,
-    };
-    let docs: Vec<SaphyrNode> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (clamp(l.line()), clamp(l.column())))
-                .unwrap_or((1, 1));
-            SyntaxError {
-                line,
-                column,
-                message: syntax_message(&e, limits),
-            }
-        })?;
+    let docs = parse::documents(text, limits)?;
     Ok(docs
         .into_iter()
-        .map(|d| d.0)
         .filter(|n| n.value != Value::Null)
         .collect())
-}
-
-/// serde-saphyr's `Display` renders a snippet with the location; we print our own
-/// `file:line:col`, so keep only the first line of the message, without the location it
-/// repeats, and say in our words what a budget breach means.
-fn syntax_message(e: &serde_saphyr::Error, limits: &Limits) -> String {
-    let full = e.to_string();
-    let first = full.lines().next().unwrap_or("invalid YAML").trim();
-    // Drop a trailing " at line X column Y" that the renderer may add.
-    let mut message = match first.find(" at line ") {
-        Some(i) => &first[..i],
-        None => first,
-    };
-    message = message.trim_start_matches("error: ");
-    // ... and a leading "line X column Y: ".
-    if let Some(rest) = message.strip_prefix("line ")
-        && let Some((_, rest)) = rest.split_once(": ")
-    {
-        message = rest;
-    }
-    if message.starts_with("budget breached") {
-        return format!(
-            "YAML expands beyond attache's limits for one file (at most {} aliases and {} \
-             nodes after alias expansion); is this an alias bomb? ({message})",
-            limits.max_aliases, limits.max_nodes
-        );
-    }
-    if message.starts_with("recursion limit exceeded") {
-        return format!("nested deeper than {} levels", limits.max_depth);
-    }
-    if let Some(key) = message.strip_prefix("duplicate mapping key: ") {
-        let key = key.split(", set DuplicateKeyPolicy").next().unwrap_or(key);
-        return format!("duplicate key `{key}`: YAML keeps only one of them, so this is refused");
-    }
-    message.to_owned()
-}
-
-fn clamp(n: u64) -> u32 {
-    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
 /// 1-based line and column of byte `offset`.
@@ -219,88 +154,6 @@ pub fn position_of(bytes: &[u8], offset: usize) -> (u32, u32) {
         u32::try_from(line).unwrap_or(u32::MAX),
         u32::try_from(column).unwrap_or(u32::MAX),
     )
-}
-
-/// serde-saphyr fills `Spanned` only through its own deserializer, so this private
-/// newtype does the parsing; [`Node`] itself stays a plain type.
-struct SaphyrNode(Node);
-
-impl<'de> Deserialize<'de> for SaphyrNode {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let spanned = Spanned::<SaphyrValue>::deserialize(d)?;
-        Ok(SaphyrNode(Node {
-            value: spanned.value.0,
-            line: clamp(spanned.referenced.line()),
-            column: clamp(spanned.referenced.column()),
-        }))
-    }
-}
-
-struct SaphyrValue(Value);
-
-impl<'de> Deserialize<'de> for SaphyrValue {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor).map(SaphyrValue)
-    }
-}
-
-struct ValueVisitor;
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Int(v.into()))
-    }
-    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
-        Ok(Value::Int(v))
-    }
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        i128::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer out of range"))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::Str(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::Str(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(SaphyrNode(node)) = seq.next_element()? {
-            items.push(node);
-        }
-        Ok(Value::Seq(items))
-    }
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
-        while let Some((SaphyrNode(k), SaphyrNode(v))) = map.next_entry()? {
-            entries.push((k, v));
-        }
-        Ok(Value::Map(entries))
-    }
 }
 
 // === Decoding nodes into typed structs ===
@@ -786,6 +639,8 @@ impl<'a> de::MapAccess<'a> for MapDecoder<'a, '_> {
         })
     }
 }
+
+mod parse;
 
 #[cfg(test)]
 mod tests;
