@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use prost::Message;
 
 use super::{load_yaml, run};
+use crate::config::UpstreamTls;
 use crate::endpoints::{Endpoint, EndpointHealth, Endpoints, ServiceKey};
 use crate::translate::testing::*;
 use crate::translate::translate;
@@ -312,6 +313,38 @@ fn mappings_with_one_target_share_one_cluster() {
         names,
         ["cluster_orders_default_80", "cluster_users_default_80"]
     );
+}
+
+#[test]
+fn clusters_of_one_service_port_share_its_assignment() {
+    let mut tls = mapping("tls", "/tls/", "users");
+    settings(&mut tls).target.tls = UpstreamTls::Tls;
+    let mut h2 = mapping("h2", "/h2/", "users");
+    settings(&mut h2).target.http2 = true;
+    let resources = run(&config(
+        vec![mapping("plain", "/", "users"), tls, h2],
+        Vec::new(),
+    ));
+    let names: Vec<&str> = resources.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cluster_users_default_80",
+            "cluster_users_default_80_h2",
+            "cluster_users_default_80_tls"
+        ]
+    );
+    for c in &resources.clusters {
+        assert_eq!(
+            c.eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.as_str()),
+            Some("k8s/default/users:80"),
+            "{}",
+            c.name
+        );
+    }
+    assert_eq!(resources.endpoints.len(), 1);
 }
 
 #[test]

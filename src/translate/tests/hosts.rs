@@ -152,6 +152,39 @@ fn a_mapping_narrower_than_its_host_also_matches_authority() {
 }
 
 #[test]
+fn wildcard_mappings_attach_to_overlapping_wildcard_hosts() {
+    let resources = run(&config(
+        vec![
+            Mapping {
+                hostname: pattern("*.eu.example.com"),
+                ..mapping("eu", "/", "eu")
+            },
+            Mapping {
+                hostname: pattern("*.example.com"),
+                ..mapping("all", "/", "all")
+            },
+        ],
+        vec![
+            host("wide", "*.example.com"),
+            host("narrow", "*.de.eu.example.com"),
+        ],
+    ));
+    let rc = route_config(&resources, "routes_8080");
+    let wide = vhost(rc, "default/wide");
+    // The narrower Mapping comes first (its :authority match weighs) and keeps to its names.
+    assert_eq!(route_names(wide), ["default/eu", "default/all"]);
+    assert_eq!(
+        authority(route_named(wide, "default/eu")).as_deref(),
+        Some(r"(?i)[^:]+\.eu\.example\.com(:[0-9]+)?")
+    );
+    assert_eq!(authority(route_named(wide, "default/all")), None);
+    // Both serve every name of the narrower Host, so neither needs an :authority match.
+    let narrow = vhost(rc, "default/narrow");
+    assert_eq!(route_names(narrow), ["default/all", "default/eu"]);
+    assert!(narrow.routes.iter().all(|r| authority(r).is_none()));
+}
+
+#[test]
 fn tls_secret_gives_a_filter_chain_with_sni_and_an_sds_certificate() {
     let cfg = with_secret(
         config(
