@@ -217,3 +217,31 @@ fn envoy_validate_rejects_a_broken_config() {
     let why = envoy_check::validate(&resources).expect_err("a cluster without a name");
     assert!(why.contains("ClusterValidationError.Name"), "{why}");
 }
+
+/// Two Mappings with the same match and the same service (an A/B test that differs only
+/// in the headers each adds) put one cluster twice into the weighted clusters.
+#[test]
+fn weighted_members_with_one_target_pass_envoy_validate() {
+    let a = Mapping {
+        weight: Some(50),
+        add_request_headers: vec![HeaderToAdd {
+            name: "x-variant".into(),
+            value: "a".into(),
+            append: false,
+        }],
+        ..mapping("a", "/ab/", "shop")
+    };
+    let b = Mapping {
+        weight: Some(50),
+        add_request_headers: vec![HeaderToAdd {
+            name: "x-variant".into(),
+            value: "b".into(),
+            append: false,
+        }],
+        ..mapping("b", "/ab/", "shop")
+    };
+    let resources = run(&config(vec![a, b], Vec::new()));
+    if let Err(why) = envoy_check::validate(&resources) {
+        panic!("{why}");
+    }
+}
