@@ -44,11 +44,12 @@ fn fixture_repos_translate_to_their_golden_text() {
             )
         });
         if expected != actual {
+            let line = first_difference(&expected, &actual);
             mismatches.push(format!(
-                "{}: first difference at line {}\n{}",
+                "{}: first difference at line {line}\n--- expected\n{}\n+++ actual\n{}",
                 path.display(),
-                first_difference(&expected, &actual),
-                actual
+                window(&expected, line),
+                window(&actual, line)
             ));
         }
     }
@@ -59,6 +60,18 @@ fn fixture_repos_translate_to_their_golden_text() {
     );
 }
 
+/// Lines `line - 5 ..= line + 5` (1-based) of `text`, numbered.
+fn window(text: &str, line: usize) -> String {
+    text.lines()
+        .enumerate()
+        .skip(line.saturating_sub(6))
+        .take(11)
+        .map(|(i, l)| format!("{:5} {l}", i + 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The 1-based number of the first line where `a` and `b` differ.
 fn first_difference(a: &str, b: &str) -> usize {
     a.lines()
         .zip(b.lines())
