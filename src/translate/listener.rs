@@ -229,8 +229,16 @@ fn tls_chain(
 }
 
 /// HTTP/1.1 and HTTP/2 (codec AUTO), the router filter, routes by RDS over ADS.
+///
+/// The port is stripped from the Host header before routing: a virtual host's domains
+/// hold host names only, and Envoy allows one wildcard per domain, so `*.example.com`
+/// could never also match `x.example.com:8080`. Stripping also keeps the https redirect
+/// of an insecure request from pointing at the cleartext port.
 fn http_connection_manager(port: u16) -> HttpConnectionManager {
     HttpConnectionManager {
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+            true,
+        )),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: names::stat_prefix(port),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {

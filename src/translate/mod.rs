@@ -30,6 +30,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -60,10 +61,15 @@ pub struct Resources {
 
 /// Translates a validated configuration and the current endpoints into Envoy resources.
 ///
-/// Total and deterministic: `config` has been validated, so there is nothing left to
+/// Total and deterministic: the output depends on the content of `config`, never on the
+/// order of its lists (the loader sorts them; a list that is not sorted is sorted here,
+/// since group membership, virtual host order and "first one wins" rules follow it).
+/// `config` has been validated, so there is nothing left to
 /// reject; where the model still allows something Envoy would refuse (two Listeners on one
 /// port, two Hosts with one hostname) the first in (namespace, name) order wins.
 pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
+    let config = sorted(config);
+    let config = config.as_ref();
     // Every routing Mapping's target, with the Mappings that use it.
     let mut users: BTreeMap<&Target, Vec<&Meta>> = BTreeMap::new();
     for mapping in &config.mappings {
@@ -94,12 +100,11 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
 
     // Client certificates of the TLSContexts upstream clusters use.
     for target in cluster_names.keys() {
-        if let UpstreamTls::Context(name) = &target.tls {
-            if let Some(secret) =
+        if let UpstreamTls::Context(name) = &target.tls
+            && let Some(secret) =
                 tls::context_by_name(config, name, None).and_then(|c| c.secret.as_deref())
-            {
-                secrets.insert(secret);
-            }
+        {
+            secrets.insert(secret);
         }
     }
     resources.secrets = secrets
@@ -116,4 +121,39 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
         .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     resources
+}
+
+/// `config` with every list in (namespace, name) order, as the model promises; borrowed
+/// when it already is (always, from the loader), so the common path copies nothing.
+fn sorted(config: &Config) -> Cow<'_, Config> {
+    fn key(meta: &Meta) -> (&str, &str) {
+        (&meta.namespace, &meta.name)
+    }
+    let in_order = config
+        .mappings
+        .is_sorted_by(|a, b| key(&a.meta) <= key(&b.meta))
+        && config
+            .hosts
+            .is_sorted_by(|a, b| key(&a.meta) <= key(&b.meta))
+        && config
+            .listeners
+            .is_sorted_by(|a, b| key(&a.meta) <= key(&b.meta))
+        && config
+            .tls_contexts
+            .is_sorted_by(|a, b| key(&a.meta) <= key(&b.meta));
+    if in_order {
+        return Cow::Borrowed(config);
+    }
+    let mut owned = config.clone();
+    owned
+        .mappings
+        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    owned.hosts.sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    owned
+        .listeners
+        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    owned
+        .tls_contexts
+        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    Cow::Owned(owned)
 }

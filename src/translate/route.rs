@@ -1,10 +1,11 @@
 //! Mappings -> Envoy routes: grouping, Emissary's order, match and action.
 //!
 //! Three jobs, in the order `vhost` uses them:
-//! 1. [`groups`]: Mappings with the same match (hostname, path, case sensitivity, method,
-//!    headers, query parameters) where any has a `weight` become one group, served by one
-//!    route with weighted clusters. Without weights they stay separate routes: the later
-//!    one is shadowed, which validation warns about.
+//! 1. [`groups`]: routing Mappings with the same match (hostname, path, case sensitivity,
+//!    method, headers, query parameters, precedence: Emissary's group id) become one
+//!    group, served by one route with weighted clusters. Those without a `weight` share
+//!    what the weighted ones leave, evenly when none has one (validation warns about
+//!    that case, since it is rarely meant).
 //! 2. [`Group::order_key`]: Emissary's route order, made total so output is deterministic.
 //! 3. [`Group::route`]: the Envoy `Route`: `RouteMatch`, then a `RouteAction` (cluster or
 //!    weighted clusters, rewrites, timeouts, upgrades, host rewrite) or a `RedirectAction`.
@@ -53,6 +54,9 @@ struct MatchKey<'a> {
     method: Option<&'a str>,
     headers: Vec<&'a KeyValueMatch>,
     query_parameters: Vec<&'a KeyValueMatch>,
+    /// Part of the match, as in Emissary's group id: a Mapping with another precedence
+    /// is another route, tried before or after, never a share of this one.
+    precedence: i32,
 }
 
 impl<'a> MatchKey<'a> {
@@ -68,6 +72,7 @@ impl<'a> MatchKey<'a> {
             method: mapping.method.as_deref(),
             headers,
             query_parameters,
+            precedence: mapping.precedence,
         }
     }
 }
@@ -90,8 +95,7 @@ pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
         let (routing, redirects): (Vec<&Mapping>, Vec<&Mapping>) = same
             .into_iter()
             .partition(|m| matches!(m.action, Action::Route(_)));
-        let weighted = routing.len() > 1 && routing.iter().any(|m| m.weight.is_some());
-        if weighted {
+        if routing.len() > 1 {
             groups.push(Group { members: routing });
         } else {
             groups.extend(routing.into_iter().map(|m| Group { members: vec![m] }));
@@ -103,20 +107,40 @@ pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
 
 /// Emissary's route order for one group, as a sort key (ascending = first).
 ///
-/// Precedence (higher first), then exact path before regex before prefix, longer pattern
-/// first, more header matches first (`extra_headers` counts the ones a virtual host adds),
-/// more query matches first, a method match first, and at last namespace and name, which
-/// are unique: the order is total.
+/// Emissary sorts by its "route weight", highest first: precedence, then the length of
+/// the path pattern (prefix, exact path or regex alike), then the summed length of the
+/// header matches (name + value, `*` for presence, +1 for a regex; the method counts as a
+/// `:method` header and a hostname narrower than its Host as `:authority`), then the
+/// same for query parameters. Ties are broken here by exact before regex before prefix,
+/// a method match first, then the pattern, namespace and name, which are unique: the
+/// order is total.
 pub(super) type OrderKey<'a> = (
     Reverse<i32>,
+    Reverse<usize>,
+    Reverse<usize>,
+    Reverse<usize>,
     u8,
-    Reverse<usize>,
-    Reverse<usize>,
-    Reverse<usize>,
     bool,
     &'a str,
     &'a str,
+    &'a str,
 );
+
+/// How much a header or query-parameter match weighs in Emissary's order.
+fn match_weight(m: &KeyValueMatch) -> usize {
+    m.name.len()
+        + match &m.value {
+            ValueMatch::Present => 1,
+            ValueMatch::Exact(v) => v.len(),
+            ValueMatch::Regex(r) => r.len() + 1,
+        }
+}
+
+/// The weight of the `:authority` match a virtual host adds for a Mapping whose hostname
+/// is narrower than the Host's (see [`match_weight`]).
+pub(super) fn authority_weight(hostname: &HostPattern) -> usize {
+    ":authority".len() + hostname.as_domain().len()
+}
 
 // === impl Group ===
 
@@ -126,22 +150,30 @@ impl<'a> Group<'a> {
         self.members[0]
     }
 
-    /// See [`OrderKey`].
-    pub(super) fn order_key(&self, extra_headers: usize) -> OrderKey<'a> {
+    /// See [`OrderKey`]. `extra_header_weight` is the weight of the header matches the
+    /// virtual host adds to this group's route.
+    pub(super) fn order_key(&self, extra_header_weight: usize) -> OrderKey<'a> {
         let primary = self.primary();
-        let precedence = self.members.iter().map(|m| m.precedence).max();
         let kind = match primary.path {
             PathMatch::Exact(_) => 0,
             PathMatch::Regex(_) => 1,
             PathMatch::Prefix(_) => 2,
         };
+        let method_weight = primary
+            .method
+            .as_ref()
+            .map_or(0, |m| ":method".len() + m.len());
+        let header_weight: usize = primary.headers.iter().map(match_weight).sum();
+        let query_weight: usize = primary.query_parameters.iter().map(match_weight).sum();
         (
-            Reverse(precedence.unwrap_or(primary.precedence)),
-            kind,
+            // Every member has the same precedence: it is part of the group's match.
+            Reverse(primary.precedence),
             Reverse(primary.path.pattern().len()),
-            Reverse(primary.headers.len() + extra_headers),
-            Reverse(primary.query_parameters.len()),
+            Reverse(header_weight + method_weight + extra_header_weight),
+            Reverse(query_weight),
+            kind,
             primary.method.is_none(),
+            primary.path.pattern(),
             &primary.meta.namespace,
             &primary.meta.name,
         )
@@ -155,6 +187,7 @@ impl<'a> Group<'a> {
         extra_headers: &[HeaderMatcher],
     ) -> Route {
         let primary = self.primary();
+        let path = effective_path(primary);
         let provenance = if self.members.len() > 1 {
             Provenance::shared(self.members.iter().map(|m| &m.meta))
         } else {
@@ -163,16 +196,13 @@ impl<'a> Group<'a> {
         .unwrap_or_else(|| Provenance::of(&primary.meta));
         let mut envoy = Route {
             name: names::qualified(&primary.meta.namespace, &primary.meta.name),
-            r#match: Some(route_match(primary, extra_headers)),
+            r#match: Some(route_match(primary, &path, extra_headers)),
             metadata: Some(provenance.to_metadata()),
             ..Default::default()
         };
         match &primary.action {
             Action::Redirect(redirect) => {
-                envoy.action = Some(route::Action::Redirect(redirect_action(
-                    redirect,
-                    &primary.path,
-                )));
+                envoy.action = Some(route::Action::Redirect(redirect_action(redirect, &path)));
                 set_route_headers(&mut envoy, primary);
             }
             Action::Route(settings) => {
@@ -190,7 +220,7 @@ impl<'a> Group<'a> {
                         .collect(),
                     ..Default::default()
                 };
-                apply_rewrite(&mut action, &settings.rewrite, &primary.path);
+                apply_rewrite(&mut action, &settings.rewrite, &path);
                 let cluster = |m: &Mapping| match &m.action {
                     Action::Route(r) => clusters.get(&r.target).cloned(),
                     Action::Redirect(_) => None,
@@ -302,9 +332,20 @@ fn headers_to_add(headers: &[HeaderToAdd]) -> Vec<HeaderValueOption> {
         .collect()
 }
 
-/// Path, case sensitivity, headers (the method as `:method`), query parameters.
-fn route_match(mapping: &Mapping, extra_headers: &[HeaderMatcher]) -> RouteMatch {
-    let path_specifier = match &mapping.path {
+/// The Mapping's path match as Envoy must see it. Envoy applies `case_sensitive` to prefix
+/// and exact matches only, never to a regex, so a case-insensitive regex carries RE2's
+/// `(?i)` flag itself (and so do the rewrites and redirects derived from it).
+fn effective_path(mapping: &Mapping) -> PathMatch {
+    match &mapping.path {
+        PathMatch::Regex(r) if !mapping.case_sensitive => PathMatch::Regex(format!("(?i){r}")),
+        other => other.clone(),
+    }
+}
+
+/// Path (from [`effective_path`]), case sensitivity, headers (the method as `:method`),
+/// query parameters.
+fn route_match(mapping: &Mapping, path: &PathMatch, extra_headers: &[HeaderMatcher]) -> RouteMatch {
+    let path_specifier = match path {
         PathMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
         PathMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
         PathMatch::Regex(r) => route_match::PathSpecifier::SafeRegex(regex(r)),

@@ -162,16 +162,10 @@ pub fn config(mappings: Vec<Mapping>, hosts: Vec<Host>) -> Config {
 
 /// Sorts every list by (namespace, name), as the model promises.
 pub fn sort(config: &mut Config) {
-    config
-        .mappings
-        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
-    config.hosts.sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
-    config
-        .listeners
-        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
-    config
-        .tls_contexts
-        .sort_by(|a, b| key(&a.meta).cmp(&key(&b.meta)));
+    config.mappings.sort_by_key(|a| key(&a.meta));
+    config.hosts.sort_by_key(|a| key(&a.meta));
+    config.listeners.sort_by_key(|a| key(&a.meta));
+    config.tls_contexts.sort_by_key(|a| key(&a.meta));
 }
 
 fn key(meta: &Meta) -> (String, String) {

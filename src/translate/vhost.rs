@@ -128,15 +128,10 @@ fn virtual_host(
     }
 }
 
-/// The virtual host's domains: the pattern, and for exact names also `name:*`, so that a
-/// Host header carrying a port still matches. (Envoy allows one wildcard per domain, so a
-/// `*.example.com` Host matches only port-less Host headers.)
+/// The virtual host's domains: the Host's pattern. No `name:*` forms are needed: the
+/// listener strips the port from the Host header before routing (see `listener`).
 fn domains(pattern: &HostPattern) -> Vec<String> {
-    match pattern {
-        HostPattern::Any => vec!["*".to_owned()],
-        HostPattern::Exact(h) => vec![h.clone(), format!("{h}:*")],
-        HostPattern::Suffix(_) => vec![pattern.as_domain()],
-    }
+    vec![pattern.as_domain()]
 }
 
 /// The routes of the groups that attach to a Host with pattern `host`, in Emissary's order.
@@ -146,20 +141,25 @@ fn ordered_routes(
     clusters: &BTreeMap<Target, String>,
     extra: &[HeaderMatcher],
 ) -> Vec<Route> {
-    let mut attached: Vec<(&Group<'_>, Option<HeaderMatcher>)> = groups
+    let mut attached: Vec<(&Group<'_>, Option<HeaderMatcher>, usize)> = groups
         .iter()
         .filter_map(|group| {
             let mapping = &group.primary().hostname;
-            attaches(mapping, host).then(|| (group, authority_matcher(mapping, host)))
+            attaches(mapping, host).then(|| {
+                let authority = authority_matcher(mapping, host);
+                let weight = if authority.is_some() {
+                    mapping_route::authority_weight(mapping)
+                } else {
+                    0
+                };
+                (group, authority, weight)
+            })
         })
         .collect();
-    attached.sort_by(|(a, a_auth), (b, b_auth)| {
-        a.order_key(usize::from(a_auth.is_some()))
-            .cmp(&b.order_key(usize::from(b_auth.is_some())))
-    });
+    attached.sort_by_cached_key(|(group, _, weight)| group.order_key(*weight));
     attached
         .into_iter()
-        .map(|(group, authority)| {
+        .map(|(group, authority, _)| {
             let mut headers: Vec<HeaderMatcher> = authority.into_iter().collect();
             headers.extend_from_slice(extra);
             group.route(clusters, &headers)
