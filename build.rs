@@ -69,8 +69,9 @@ fn main() {
 /// envoy-types declares no `links` key, so cargo passes no `DEP_*` variable that would
 /// point at it. `cargo metadata` is the one answer that is right wherever the package
 /// lives: the registry cache, a vendored directory, a `[patch]` path or a git checkout.
-/// It runs `--offline` (everything is already resolved when a build script runs). If it
-/// fails, the registry sources under `CARGO_HOME` are searched for the pinned version.
+/// It runs `--offline` (everything this target needs is downloaded before a build script
+/// runs). If it fails, the registry sources under `CARGO_HOME` are searched for the pinned
+/// version.
 fn envoy_types_proto_dir() -> PathBuf {
     if let Some(dir) = from_cargo_metadata() {
         return dir;
@@ -87,17 +88,17 @@ fn envoy_types_proto_dir() -> PathBuf {
 fn from_cargo_metadata() -> Option<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--offline",
-            "--format-version",
-            "1",
-            "--manifest-path",
-        ])
-        .arg(manifest_dir.join("Cargo.toml"))
-        .output()
-        .ok()?;
+    let mut command = Command::new(cargo);
+    command
+        .args(["metadata", "--offline", "--format-version", "1"])
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("Cargo.toml"));
+    // Only this target's packages: a plain `cargo build` downloads no others, and
+    // without the filter `--offline` would fail on, say, a Windows-only dependency.
+    if let Some(target) = std::env::var_os("TARGET") {
+        command.arg("--filter-platform").arg(target);
+    }
+    let output = command.output().ok()?;
     if !output.status.success() {
         println!(
             "cargo:warning=cargo metadata failed, searching CARGO_HOME for envoy-types: {}",
