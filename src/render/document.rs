@@ -55,6 +55,7 @@ pub fn resources_document(resources: &Resources) -> Result<Value> {
     // Translation only puts keys in Secrets, but one inlined anywhere else must not leak
     // either, so the whole document is scanned.
     redact(&mut doc);
+    whole_numbers(&mut doc);
     Ok(doc)
 }
 
@@ -64,7 +65,9 @@ pub fn resources_document(resources: &Resources) -> Result<Value> {
 ///
 /// [`Error`] when a resource does not transcode (a type missing from the descriptor set).
 pub fn bootstrap_document(resources: &Resources, admin: Option<SocketAddr>) -> Result<Value> {
-    to_json(&static_bootstrap(resources, admin))
+    let mut doc = to_json(&static_bootstrap(resources, admin))?;
+    whole_numbers(&mut doc);
+    Ok(doc)
 }
 
 /// `value` as text in `format`, ending in a newline.
@@ -93,6 +96,26 @@ fn list<M: prost::Name + prost::Message>(messages: &[M]) -> Result<Value> {
         .map(to_json)
         .collect::<Result<Vec<_>>>()
         .map(Value::Array)
+}
+
+/// Writes whole `double`s as integers: `google.protobuf.Struct` holds every number as a
+/// double, so provenance would otherwise read `line: 59.0`. The proto3 JSON parsers
+/// (Envoy's included) read `59` into a double field just the same. Only values a double
+/// holds exactly (below 2^53) are changed.
+fn whole_numbers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT) {
+                // Exact by the filter above: a whole number below 2^53 fits an i64.
+                let whole = f as i64;
+                *value = Value::from(whole);
+            }
+        }
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 /// Replaces the value of every [`SECRET_FIELDS`] key, at any depth, by [`REDACTED`].

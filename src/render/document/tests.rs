@@ -91,3 +91,20 @@ fn yaml_and_json_text_parse_back_to_the_same_value() {
     let back: serde_json::Value = serde_saphyr::from_str(&yaml_text).expect("valid YAML");
     assert_eq!(back, doc);
 }
+
+#[test]
+fn whole_doubles_print_as_integers_and_fractions_stay() {
+    let mut value = json!({ "line": 59.0, "ratio": 0.25, "big": 1e300, "n": [2.0, -3.0], "i": 7 });
+    whole_numbers(&mut value);
+    assert_eq!(
+        value.to_string(),
+        r#"{"big":1e+300,"i":7,"line":59,"n":[2,-3],"ratio":0.25}"#
+    );
+
+    let doc = resources_document(&example_resources()).expect("renders");
+    let text = to_text(&doc, Format::Yaml).expect("yaml");
+    assert!(
+        !text.contains(".0\n"),
+        "provenance lines are integers:\n{text}"
+    );
+}
