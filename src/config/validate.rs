@@ -238,14 +238,14 @@ fn mapping(
         }
         route(&spec, &meta, default_service, check).map(Action::Route)
     };
-    if let Some(w) = &spec.weight {
-        if w.value > 100 {
-            check.error(
-                w,
-                "weight",
-                format!("{} is over 100; weights are percentages", w.value),
-            );
-        }
+    if let Some(w) = &spec.weight
+        && w.value > 100
+    {
+        check.error(
+            w,
+            "weight",
+            format!("{} is over 100; weights are percentages", w.value),
+        );
     }
     let add_request_headers =
         headers_to_add(&spec.add_request_headers, "add_request_headers", check);
@@ -477,10 +477,10 @@ fn route(
     }
     upgrades.sort();
     upgrades.dedup();
-    if let Some(h) = &spec.host_rewrite {
-        if h.value.is_empty() || h.value.contains(char::is_whitespace) {
-            check.error(h, "host_rewrite", "must be a host name");
-        }
+    if let Some(h) = &spec.host_rewrite
+        && (h.value.is_empty() || h.value.contains(char::is_whitespace))
+    {
+        check.error(h, "host_rewrite", "must be a host name");
     }
     Some(Route {
         target: Target {
@@ -523,10 +523,10 @@ fn redirect(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<Redirect> 
         ("path_redirect", &spec.path_redirect),
         ("prefix_redirect", &spec.prefix_redirect),
     ] {
-        if let Some(v) = value {
-            if !v.value.starts_with('/') {
-                check.error(v, field, "must start with \"/\"");
-            }
+        if let Some(v) = value
+            && !v.value.starts_with('/')
+        {
+            check.error(v, field, "must start with \"/\"");
         }
     }
     let response_code = match &spec.redirect_response_code {
@@ -806,14 +806,14 @@ fn host(
         Some(h) => host_pattern(h, "hostname", check),
         None => HostPattern::Any,
     };
-    if let Some(acme) = &spec.acme_provider {
-        if !acme.value.authority.eq_ignore_ascii_case("none") {
-            check.error(
-                acme,
-                "acmeProvider.authority",
-                "attache does not run ACME; set `authority: none` and give a `tlsSecret`",
-            );
-        }
+    if let Some(acme) = &spec.acme_provider
+        && !acme.value.authority.eq_ignore_ascii_case("none")
+    {
+        check.error(
+            acme,
+            "acmeProvider.authority",
+            "attache does not run ACME; set `authority: none` and give a `tlsSecret`",
+        );
     }
     let tls_secret = spec.tls_secret.as_ref().map(|s| {
         check_secret_name(&s.value.name, s, "tlsSecret.name", check);
@@ -978,10 +978,10 @@ fn tls_version(at: &Option<At<String>>, field: &str, check: &mut Check<'_>) -> O
 fn tls_context(meta: Meta, spec: raw::TlsContextSpec, check: &mut Check<'_>) -> Option<TlsContext> {
     let min = tls_version(&spec.min_tls_version, "min_tls_version", check);
     let max = tls_version(&spec.max_tls_version, "max_tls_version", check);
-    if let (Some(lo), Some(hi), Some(at)) = (min, max, &spec.min_tls_version) {
-        if lo > hi {
-            check.error(at, "min_tls_version", "is above max_tls_version");
-        }
+    if let (Some(lo), Some(hi), Some(at)) = (min, max, &spec.min_tls_version)
+        && lo > hi
+    {
+        check.error(at, "min_tls_version", "is above max_tls_version");
     }
     let hosts = spec
         .hosts
@@ -1050,36 +1050,35 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
         .collect();
     let mut bad_hosts = BTreeSet::new();
     for h in &config.hosts {
-        if let Some(ctx) = &h.tls_context {
-            if !contexts.contains(ctx.as_str()) {
-                diagnostics.push(diag_at(
-                    &h.meta.origin,
-                    Severity::Error,
-                    Kind::Host,
-                    &h.meta.name,
-                    "tlsContext.name",
-                    format!("no TLSContext named {ctx:?}"),
-                ));
-                bad_hosts.insert(h.meta.name.clone());
-            }
+        if let Some(ctx) = &h.tls_context
+            && !contexts.contains(ctx.as_str())
+        {
+            diagnostics.push(diag_at(
+                &h.meta.origin,
+                Severity::Error,
+                Kind::Host,
+                &h.meta.name,
+                "tlsContext.name",
+                format!("no TLSContext named {ctx:?}"),
+            ));
+            bad_hosts.insert(h.meta.name.clone());
         }
     }
     let mut bad_mappings = BTreeSet::new();
     for m in &config.mappings {
-        if let Action::Route(r) = &m.action {
-            if let UpstreamTls::Context(ctx) = &r.target.tls {
-                if !contexts.contains(ctx.as_str()) {
-                    diagnostics.push(diag_at(
-                        &m.meta.origin,
-                        Severity::Error,
-                        Kind::Mapping,
-                        &m.meta.name,
-                        "tls",
-                        format!("no TLSContext named {ctx:?}"),
-                    ));
-                    bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
-                }
-            }
+        if let Action::Route(r) = &m.action
+            && let UpstreamTls::Context(ctx) = &r.target.tls
+            && !contexts.contains(ctx.as_str())
+        {
+            diagnostics.push(diag_at(
+                &m.meta.origin,
+                Severity::Error,
+                Kind::Mapping,
+                &m.meta.name,
+                "tls",
+                format!("no TLSContext named {ctx:?}"),
+            ));
+            bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
         }
     }
     // Listeners on one port.
