@@ -1,1 +1,1 @@
-//! xds (to be written).
+//! xds (being written).

@@ -114,10 +114,10 @@ impl EnvoyProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("envoy exited early with {status}:\n{}", self.log());
             }
-            if let Ok(resp) = http_get(self.admin, "localhost", "/ready", &[]) {
-                if resp.status == 200 {
-                    return;
-                }
+            if let Ok(resp) = http_get(self.admin, "localhost", "/ready", &[])
+                && resp.status == 200
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
