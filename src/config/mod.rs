@@ -1,9 +1,137 @@
-//! Configuration: YAML files -> validated [`Config`] plus diagnostics.
+//! Configuration: YAML files -> validated [`Config`] plus [`Diagnostic`]s.
 //!
-//! Raw serde types (`raw`) mirror Emissary's YAML as closely as possible; `load`
-//! turns them into the validated model (`model`) that `translate` consumes, reporting
-//! every problem with file, line, column, kind/name and field path.
+//! The stages, in the order data flows through them:
+//! - [`yaml`]: bytes -> positioned node trees (bounded: size, depth, aliases);
+//! - `load`: documents -> typed raw resources (Emissary's CRD and flat forms, and
+//!   resources inside a Service's `getambassador.io/config` annotation);
+//! - `validate`: raw resources -> the [`model`](Config) `translate` consumes, with every
+//!   problem reported as file:line:column, kind/name and field path.
+//!
+//! Start at [`load_dir`] (a directory) or [`load_files`] (files already in memory, as the
+//! git source has them).
 
+mod diag;
+mod load;
 mod model;
+mod raw;
+mod validate;
+pub mod yaml;
 
+use std::path::{Path, PathBuf};
+
+pub use diag::{Diagnostic, ResourceRef, Severity};
+pub use load::{CONFIG_ANNOTATION, Error, SourceFile, read_dir};
 pub use model::*;
+pub use validate::{ParsedService, parse_host_pattern, parse_service, regex_problem};
+
+/// What to do with a revision in which some resources are invalid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Reject the whole revision: the last good one keeps serving (GitOps safety; the
+    /// default).
+    #[default]
+    RejectRevision,
+    /// Serve the valid resources and leave out the invalid ones (`--allow-partial`).
+    SkipInvalid,
+}
+
+/// How to load a revision.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub policy: Policy,
+    /// Where `tlsSecret` / `secret` names are looked up, as `DIR/NAME/{tls.crt,tls.key}`.
+    /// `None` skips reading certificates (with a warning per secret), which suits
+    /// `attache validate` in pull-request CI where secrets are not available.
+    pub secrets_dir: Option<PathBuf>,
+    pub limits: yaml::Limits,
+}
+
+/// The result of loading a revision: the valid resources, and every diagnostic.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The resources that validated (all of them when there is no error).
+    pub config: Config,
+    /// Errors and warnings, sorted by file, line and column.
+    pub diagnostics: Vec<Diagnostic>,
+    pub policy: Policy,
+}
+
+impl Outcome {
+    /// The diagnostics that are errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    /// Whether the revision may be served under its policy.
+    pub fn is_accepted(&self) -> bool {
+        self.policy == Policy::SkipInvalid || self.errors().next().is_none()
+    }
+
+    /// The config to serve, or the errors that reject the revision.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected`] with every error, when the policy is [`Policy::RejectRevision`] and
+    /// any resource is invalid.
+    pub fn into_result(self) -> Result<(Config, Vec<Diagnostic>), Rejected> {
+        if self.is_accepted() {
+            Ok((self.config, self.diagnostics))
+        } else {
+            Err(Rejected {
+                diagnostics: self.diagnostics,
+            })
+        }
+    }
+}
+
+/// A revision rejected because some of its resources are invalid.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("revision rejected: {} error(s), first: {}", self.error_count(), self.first_error())]
+pub struct Rejected {
+    /// Every diagnostic, errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Rejected {
+    fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    fn first_error(&self) -> String {
+        self.diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
+/// Loads and validates files already in memory.
+pub fn load_files(files: &[SourceFile], options: &Options) -> Outcome {
+    let mut diagnostics = Vec::new();
+    let parsed = load::parse_files(files, &options.limits, &mut diagnostics);
+    let config = validate::validate(parsed, options.secrets_dir.as_deref(), &mut diagnostics);
+    finish(config, diagnostics, options.policy)
+}
+
+/// Reads every config file below `root` and loads it.
+///
+/// # Errors
+///
+/// [`Error::ReadDir`] when the directory cannot be listed; bad files are diagnostics.
+pub fn load_dir(root: &Path, options: &Options) -> Result<Outcome, Error> {
+    let (files, mut read_problems) = read_dir(root, &options.limits)?;
+    let mut outcome = load_files(&files, options);
+    read_problems.append(&mut outcome.diagnostics);
+    Ok(finish(outcome.config, read_problems, options.policy))
+}
+
+fn finish(config: Config, mut diagnostics: Vec<Diagnostic>, policy: Policy) -> Outcome {
+    diagnostics.sort();
+    diagnostics.dedup();
+    Outcome {
+        config,
+        diagnostics,
+        policy,
+    }
+}

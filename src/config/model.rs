@@ -135,6 +135,22 @@ impl HostPattern {
     }
 }
 
+impl HostPattern {
+    /// Whether some host name is matched by both patterns: a Mapping for `other` can be
+    /// served by a Host for `self`.
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Any, _) | (_, HostPattern::Any) => true,
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a.eq_ignore_ascii_case(b),
+            (HostPattern::Exact(host), suffix @ HostPattern::Suffix(_))
+            | (suffix @ HostPattern::Suffix(_), HostPattern::Exact(host)) => suffix.matches(host),
+            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => {
+                a.ends_with(b.as_str()) || b.ends_with(a.as_str())
+            }
+        }
+    }
+}
+
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.as_domain())

@@ -2,7 +2,35 @@
 //!
 //! This module is pure: no I/O, no clock, no global state. The same input gives
 //! byte-identical output on every replica, which is what lets snapshot versions be
-//! content hashes (DESIGN.md, "Scaling past one machine").
+//! content hashes (DESIGN.md, "Scaling past one machine"). Every list is sorted by
+//! name, every name derives from what it stands for ([`names`]), and no `HashMap` order
+//! reaches the encoded bytes (see [`provenance`] for the one place that needed care).
+//!
+//! Start at [`translate`]; it reads top-down:
+//! - `listener`: which listeners (explicit, or Emissary's 8080/8443 defaults), which Hosts
+//!   each binds, and the Listener resources with their TLS filter chains;
+//! - `vhost`: one RouteConfiguration per listener, a virtual host per Host, insecure
+//!   actions;
+//! - `route`: Mappings -> routes, weighted groups, Emissary's order;
+//! - `cluster`: one cluster per distinct target, and the EDS assignments;
+//! - `tls`: TLS contexts and SDS secrets.
+
+mod cluster;
+mod listener;
+pub mod names;
+pub mod provenance;
+mod route;
+mod tls;
+mod vhost;
+
+#[cfg(test)]
+mod envoy_check;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -10,17 +38,82 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
-#[allow(unused_imports)]
-use crate::config::Config;
-#[allow(unused_imports)]
+use crate::config::{Action, Config, Meta, Target, UpstreamTls};
 use crate::endpoints::Endpoints;
+
+pub use listener::{DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT};
 
 /// Every Envoy resource of one configuration revision, each list sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
+    /// CDS resources, by `name`.
     pub clusters: Vec<Cluster>,
+    /// EDS resources, by `cluster_name` (one per Kubernetes Service port in use).
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// LDS resources, by `name`.
     pub listeners: Vec<Listener>,
+    /// RDS resources, by `name` (one per listener).
     pub routes: Vec<RouteConfiguration>,
+    /// SDS resources, by `name` (only the secrets some listener or cluster uses).
     pub secrets: Vec<Secret>,
+}
+
+/// Translates a validated configuration and the current endpoints into Envoy resources.
+///
+/// Total and deterministic: `config` has been validated, so there is nothing left to
+/// reject; where the model still allows something Envoy would refuse (two Listeners on one
+/// port, two Hosts with one hostname) the first in (namespace, name) order wins.
+pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
+    // Every routing Mapping's target, with the Mappings that use it.
+    let mut users: BTreeMap<&Target, Vec<&Meta>> = BTreeMap::new();
+    for mapping in &config.mappings {
+        if let Action::Route(route) = &mapping.action {
+            users.entry(&route.target).or_default().push(&mapping.meta);
+        }
+    }
+    let cluster_names = names::clusters(users.keys().copied());
+    let groups = route::groups(&config.mappings);
+
+    let mut resources = Resources::default();
+    let mut secrets = BTreeSet::new();
+    for plan in listener::plans(config) {
+        if plan.terminates_tls() {
+            secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
+        }
+        resources.listeners.push(listener::listener(&plan, config));
+        resources.routes.push(vhost::route_configuration(
+            &plan,
+            config,
+            &groups,
+            &cluster_names,
+        ));
+    }
+    let (clusters, assignments) = cluster::clusters(config, endpoints, &cluster_names, &users);
+    resources.clusters = clusters;
+    resources.endpoints = assignments;
+
+    // Client certificates of the TLSContexts upstream clusters use.
+    for target in cluster_names.keys() {
+        if let UpstreamTls::Context(name) = &target.tls {
+            if let Some(secret) =
+                tls::context_by_name(config, name, None).and_then(|c| c.secret.as_deref())
+            {
+                secrets.insert(secret);
+            }
+        }
+    }
+    resources.secrets = secrets
+        .into_iter()
+        .filter_map(|name| config.secrets.get(name))
+        .map(tls::secret)
+        .collect();
+
+    resources.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    resources.routes.sort_by(|a, b| a.name.cmp(&b.name));
+    resources.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    resources
+        .endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    resources
 }

@@ -1,0 +1,647 @@
+//! Loading: files -> documents -> typed raw resources, in both of Emissary's forms.
+//!
+//! This stage decides *what* each document is (apiVersion, kind, CRD or flat form, or a
+//! Kubernetes Service carrying resources in its `getambassador.io/config` annotation) and
+//! decodes its spec. Whether the values make sense is `validate`'s job.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::diag::{Diagnostic, ResourceRef, Severity};
+use super::model::{Kind, Origin};
+use super::raw;
+use super::yaml::{self, DecodeError, Limits, Node, Value};
+
+/// One config file of a revision: its path relative to the config root and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// `/`-separated, relative to the config root.
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Reading the config directory itself failed. Individual bad files are diagnostics, not
+/// errors: they never hide the rest of the revision.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The root is missing or unreadable. Retryable: a ConfigMap mount may appear later.
+    #[error("cannot read config directory {path}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every `*.yaml` / `*.yml` file below `root`, recursively, sorted by path. Entries whose
+/// name starts with `.` are skipped: editors' temp files, `.git`, and the `..data`
+/// directories of a mounted ConfigMap (whose files are reached through the top-level
+/// symlinks instead). Files are read up to one byte past `limits.max_file_bytes`, so an
+/// oversized file is reported without being loaded whole.
+///
+/// # Errors
+///
+/// [`Error::ReadDir`] when `root` (or a directory below it) cannot be listed.
+pub fn read_dir(root: &Path, limits: &Limits) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), Error> {
+    let mut files = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    // Bounded: a symlink loop must not spin forever.
+    let mut budget = 100_000usize;
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| Error::ReadDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::ReadDir {
+                path: dir.clone(),
+                source,
+            })?;
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                break;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let relative = relative_path(root, &path);
+            // Follow symlinks: ConfigMap files are links into `..data/`.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                diagnostics.push(file_diagnostic(
+                    &relative,
+                    "cannot read: broken link or no permission",
+                ));
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                match read_bounded(&path, limits.max_file_bytes) {
+                    Ok(bytes) => files.push(SourceFile {
+                        path: relative,
+                        bytes,
+                    }),
+                    Err(e) => {
+                        diagnostics.push(file_diagnostic(&relative, &format!("cannot read: {e}")))
+                    }
+                }
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((files, diagnostics))
+}
+
+fn read_bounded(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn relative_path(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn file_diagnostic(file: &str, message: &str) -> Diagnostic {
+    Diagnostic {
+        file: Arc::from(file),
+        line: 0,
+        column: 0,
+        severity: Severity::Error,
+        resource: None,
+        field: String::new(),
+        message: message.to_owned(),
+    }
+}
+
+/// A decoded resource, not yet validated.
+#[derive(Debug)]
+pub struct Parsed {
+    pub kind: Kind,
+    pub name: String,
+    pub namespace: String,
+    pub origin: Origin,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `spec.` for the CRD form, empty for the flat form: prefixes field paths.
+    pub base: &'static str,
+    pub spec: Spec,
+    /// The annotated Service's own `name.namespace`, the default `service` of Mappings
+    /// declared in its annotation.
+    pub default_service: Option<String>,
+}
+
+/// The decoded spec of each kind.
+#[derive(Debug)]
+pub enum Spec {
+    Mapping(Box<raw::MappingSpec>),
+    Host(raw::HostSpec),
+    Listener(raw::ListenerSpec),
+    TlsContext(raw::TlsContextSpec),
+    Module,
+}
+
+/// API groups whose kinds follow Emissary's model.
+const EMISSARY_API_VERSIONS: &[&str] = &[
+    "getambassador.io/v3alpha1",
+    "getambassador.io/v2",
+    "getambassador.io/v1",
+    "ambassador/v0",
+    "ambassador/v1",
+    "ambassador/v2",
+];
+
+/// Emissary kinds we do not implement. Those that enforce something (authentication,
+/// limits, raw TCP routing) are errors: serving without them would silently open the
+/// gateway. The rest only add observability or discovery hints and are skipped with a
+/// warning.
+const UNSUPPORTED_ENFORCING: &[&str] = &[
+    "AuthService",
+    "RateLimitService",
+    "TCPMapping",
+    "Filter",
+    "FilterPolicy",
+    "ExternalFilter",
+];
+const UNSUPPORTED_ADVISORY: &[&str] = &[
+    "LogService",
+    "TracingService",
+    "KubernetesEndpointResolver",
+    "KubernetesServiceResolver",
+    "ConsulResolver",
+    "DevPortal",
+];
+
+const KNOWN_KINDS: &[&str] = &["Mapping", "Host", "Listener", "TLSContext", "Module"];
+
+/// The annotation Emissary reads resources from.
+pub const CONFIG_ANNOTATION: &str = "getambassador.io/config";
+
+/// Parses every document of every file, decoding the ones that are gateway resources.
+/// Problems are pushed onto `diagnostics`; the resources that decoded are returned.
+pub fn parse_files(
+    files: &[SourceFile],
+    limits: &Limits,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<Parsed> {
+    let mut parsed = Vec::new();
+    for file in files {
+        let name: Arc<str> = Arc::from(file.path.as_str());
+        let docs = match yaml::parse_documents(&file.bytes, limits) {
+            Ok(docs) => docs,
+            Err(e) => {
+                diagnostics.push(Diagnostic {
+                    file: name.clone(),
+                    line: e.line,
+                    column: e.column,
+                    severity: Severity::Error,
+                    resource: None,
+                    field: String::new(),
+                    message: e.message,
+                });
+                continue;
+            }
+        };
+        let mut ctx = DocContext {
+            file: name,
+            source: std::str::from_utf8(&file.bytes).unwrap_or_default(),
+            limits,
+            diagnostics: &mut *diagnostics,
+            out: &mut parsed,
+        };
+        for doc in &docs {
+            ctx.document(doc, None);
+        }
+    }
+    parsed
+}
+
+/// Defaults inherited by resources declared inside a Service's annotation.
+struct AnnotationScope {
+    namespace: String,
+    service: String,
+}
+
+struct DocContext<'a> {
+    file: Arc<str>,
+    source: &'a str,
+    limits: &'a Limits,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    out: &'a mut Vec<Parsed>,
+}
+
+impl DocContext<'_> {
+    fn error(
+        &mut self,
+        node: &Node,
+        resource: Option<ResourceRef>,
+        field: String,
+        message: String,
+    ) {
+        self.push(
+            Severity::Error,
+            node.line,
+            node.column,
+            resource,
+            field,
+            message,
+        );
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        line: u32,
+        column: u32,
+        resource: Option<ResourceRef>,
+        field: String,
+        message: String,
+    ) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            severity,
+            resource,
+            field,
+            message,
+        });
+    }
+
+    fn decode_error(&mut self, e: DecodeError, resource: Option<ResourceRef>) {
+        self.push(
+            Severity::Error,
+            e.line,
+            e.column,
+            resource,
+            e.path,
+            e.message,
+        );
+    }
+
+    fn document(&mut self, doc: &Node, scope: Option<&AnnotationScope>) {
+        if !matches!(doc.value, Value::Map(_)) {
+            self.error(
+                doc,
+                None,
+                String::new(),
+                format!(
+                    "expected a resource (a mapping with `apiVersion` and `kind`), found {}",
+                    doc.value.describe()
+                ),
+            );
+            return;
+        }
+        let (Some(api_version), Some(kind)) = (
+            self.string_field(doc, "apiVersion"),
+            self.string_field(doc, "kind"),
+        ) else {
+            return;
+        };
+        let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
+        if api_version == "v1" && kind == "Service" && scope.is_none() {
+            self.service_annotation(doc);
+            return;
+        }
+        if !EMISSARY_API_VERSIONS.contains(&api_version.as_str()) {
+            if api_version.contains("ambassador") || api_version.contains("attache") {
+                let known = EMISSARY_API_VERSIONS.join(", ");
+                let node = doc.get("apiVersion").unwrap_or(doc);
+                self.error(
+                    node,
+                    None,
+                    "apiVersion".into(),
+                    format!("unknown apiVersion {api_version:?}; expected one of {known}"),
+                );
+            }
+            // Other Kubernetes manifests (Deployments, ConfigMaps...) may share the repo.
+            return;
+        }
+        let crd_form = doc.get("spec").is_some() || doc.get("metadata").is_some();
+        let (name, namespace, labels) = match self.identity(doc, crd_form, &kind) {
+            Some(id) => id,
+            None => return,
+        };
+        let namespace = namespace
+            .or_else(|| scope.map(|s| s.namespace.clone()))
+            .unwrap_or_else(|| "default".to_owned());
+        let resource = Some(ResourceRef {
+            kind: kind.clone(),
+            name: name.clone(),
+        });
+        let kind_enum = match kind.as_str() {
+            "Mapping" => Kind::Mapping,
+            "Host" => Kind::Host,
+            "Listener" => Kind::Listener,
+            "TLSContext" => Kind::TlsContext,
+            "Module" => Kind::Module,
+            other => {
+                let node = doc.get("kind").unwrap_or(doc);
+                if UNSUPPORTED_ENFORCING.contains(&other) {
+                    self.error(node, resource, "kind".into(), format!("{other} is not supported by attache yet; refusing to serve a config that relies on it"));
+                } else if UNSUPPORTED_ADVISORY.contains(&other) {
+                    self.push(
+                        Severity::Warning,
+                        node.line,
+                        node.column,
+                        resource,
+                        "kind".into(),
+                        format!("{other} is not supported by attache yet; ignored"),
+                    );
+                } else {
+                    let hint = KNOWN_KINDS
+                        .iter()
+                        .find(|k| k.eq_ignore_ascii_case(other))
+                        .map(|k| format!("; did you mean {k:?}?"))
+                        .unwrap_or_default();
+                    self.error(
+                        node,
+                        resource,
+                        "kind".into(),
+                        format!("unknown kind {other:?} for {api_version}{hint}"),
+                    );
+                }
+                return;
+            }
+        };
+        let (spec_node, base, skip): (&Node, &'static str, &[&str]) = if crd_form {
+            if let Some(extra) =
+                unknown_top_level(doc, &["apiVersion", "kind", "metadata", "spec", "status"])
+            {
+                self.error(extra, resource, key_text(extra), "unknown top-level field; the CRD form has `apiVersion`, `kind`, `metadata` and `spec`".into());
+                return;
+            }
+            match doc.get("spec") {
+                Some(spec) => (spec, "spec", &[]),
+                None if kind_enum == Kind::Module => {
+                    (doc, "spec", &["apiVersion", "kind", "metadata", "status"])
+                }
+                None => {
+                    self.error(
+                        doc,
+                        resource,
+                        "spec".into(),
+                        "missing required field `spec`".into(),
+                    );
+                    return;
+                }
+            }
+        } else {
+            (doc, "", &["apiVersion", "kind", "name", "namespace"])
+        };
+        let spec = match kind_enum {
+            Kind::Mapping => yaml::decode_skipping::<raw::MappingSpec>(spec_node, base, skip)
+                .map(|s| Spec::Mapping(Box::new(s))),
+            Kind::Host => yaml::decode_skipping(spec_node, base, skip).map(Spec::Host),
+            Kind::Listener => yaml::decode_skipping(spec_node, base, skip).map(Spec::Listener),
+            Kind::TlsContext => yaml::decode_skipping(spec_node, base, skip).map(Spec::TlsContext),
+            Kind::Module => yaml::decode_skipping::<raw::ModuleSpec>(spec_node, base, skip)
+                .map(|_| Spec::Module),
+        };
+        match spec {
+            Ok(spec) => self.out.push(Parsed {
+                kind: kind_enum,
+                name,
+                namespace,
+                origin: Origin {
+                    file: self.file.clone(),
+                    line: doc.line,
+                    column: doc.column,
+                },
+                labels,
+                base: if crd_form { "spec." } else { "" },
+                spec,
+                default_service: scope.map(|s| s.service.clone()),
+            }),
+            Err(e) => self.decode_error(e, resource),
+        }
+    }
+
+    /// A required string field of a document; reports it when missing or not a string.
+    fn string_field<'n>(&mut self, doc: &'n Node, key: &str) -> Option<&'n str> {
+        match doc.get(key) {
+            Some(node) => match node.as_str() {
+                Some(s) => Some(s),
+                None => {
+                    self.error(
+                        node,
+                        None,
+                        key.into(),
+                        format!("expected a string, found {}", node.value.describe()),
+                    );
+                    None
+                }
+            },
+            None => {
+                self.error(
+                    doc,
+                    None,
+                    String::new(),
+                    format!("missing required field `{key}`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Name, namespace and labels, from `metadata` (CRD form) or the top level (flat form).
+    fn identity(
+        &mut self,
+        doc: &Node,
+        crd_form: bool,
+        kind: &str,
+    ) -> Option<(
+        String,
+        Option<String>,
+        std::collections::BTreeMap<String, String>,
+    )> {
+        if crd_form {
+            let Some(meta_node) = doc.get("metadata") else {
+                self.error(
+                    doc,
+                    None,
+                    String::new(),
+                    format!("{kind} has no `metadata`"),
+                );
+                return None;
+            };
+            let meta: raw::Metadata = match yaml::decode(meta_node, "metadata") {
+                Ok(m) => m,
+                Err(e) => {
+                    self.decode_error(e, None);
+                    return None;
+                }
+            };
+            let Some(name) = meta.name else {
+                self.error(
+                    meta_node,
+                    None,
+                    "metadata".into(),
+                    "missing required field `name`".into(),
+                );
+                return None;
+            };
+            if !self.check_name(&name, "metadata.name", kind) {
+                return None;
+            }
+            Some((name.value, meta.namespace.map(|n| n.value), meta.labels))
+        } else {
+            let name = self.string_field(doc, "name")?.to_owned();
+            let node = doc.get("name").unwrap_or(doc);
+            let at = yaml::At {
+                value: name,
+                line: node.line,
+                column: node.column,
+            };
+            if !self.check_name(&at, "name", kind) {
+                return None;
+            }
+            let namespace = doc
+                .get("namespace")
+                .and_then(Node::as_str)
+                .map(str::to_owned);
+            Some((at.value, namespace, Default::default()))
+        }
+    }
+
+    fn check_name(&mut self, name: &yaml::At<String>, field: &str, kind: &str) -> bool {
+        let ok = !name.value.is_empty()
+            && name.value.len() <= 253
+            && name
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !ok {
+            self.push(
+                Severity::Error,
+                name.line,
+                name.column,
+                Some(ResourceRef {
+                    kind: kind.to_owned(),
+                    name: name.value.clone(),
+                }),
+                field.to_owned(),
+                "names are 1 to 253 characters of letters, digits, `-`, `.` and `_`".into(),
+            );
+        }
+        ok
+    }
+
+    /// A Kubernetes Service whose `getambassador.io/config` annotation holds resources.
+    fn service_annotation(&mut self, doc: &Node) {
+        let Some(meta_node) = doc.get("metadata") else {
+            return;
+        };
+        let meta: raw::Metadata = match yaml::decode(meta_node, "metadata") {
+            Ok(m) => m,
+            Err(e) => {
+                self.decode_error(e, None);
+                return;
+            }
+        };
+        let Some(annotation) = meta.annotations.get(CONFIG_ANNOTATION) else {
+            return;
+        };
+        let Some(name) = meta.name else {
+            self.error(
+                meta_node,
+                None,
+                "metadata".into(),
+                "missing required field `name`".into(),
+            );
+            return;
+        };
+        let namespace = meta
+            .namespace
+            .map(|n| n.value)
+            .unwrap_or_else(|| "default".into());
+        let scope = AnnotationScope {
+            service: format!("{}.{}", name.value, namespace),
+            namespace,
+        };
+        let (line_offset, column_offset) = annotation_offsets(self.source, annotation);
+        let mut docs = match yaml::parse_documents(annotation.value.as_bytes(), self.limits) {
+            Ok(docs) => docs,
+            Err(e) => {
+                self.push(
+                    Severity::Error,
+                    e.line + line_offset,
+                    e.column + column_offset,
+                    Some(ResourceRef {
+                        kind: "Service".into(),
+                        name: name.value.clone(),
+                    }),
+                    format!("metadata.annotations[{CONFIG_ANNOTATION:?}]"),
+                    e.message,
+                );
+                return;
+            }
+        };
+        for doc in &mut docs {
+            shift(doc, line_offset, column_offset);
+        }
+        for doc in &docs {
+            self.document(doc, Some(&scope));
+        }
+    }
+}
+
+fn key_text(node: &Node) -> String {
+    node.as_str().unwrap_or_default().to_owned()
+}
+
+/// The first top-level key not in `allowed` (as its key node, for its position).
+fn unknown_top_level<'n>(doc: &'n Node, allowed: &[&str]) -> Option<&'n Node> {
+    match &doc.value {
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| !k.as_str().is_some_and(|s| allowed.contains(&s))),
+        _ => None,
+    }
+}
+
+/// Where line 1, column 1 of an annotation's text sits in the file. For a block scalar
+/// (`|` or `>`) the text starts on the next line, indented; for a quoted or plain scalar it
+/// starts at the scalar itself.
+fn annotation_offsets(source: &str, annotation: &yaml::At<String>) -> (u32, u32) {
+    let line_index = annotation.line.saturating_sub(1) as usize;
+    let mut lines = source.lines().skip(line_index);
+    let Some(first) = lines.next() else {
+        return (0, 0);
+    };
+    let start = (annotation.column.saturating_sub(1) as usize).min(first.len());
+    let indicator = first.get(start..).unwrap_or("").trim_start();
+    if indicator.starts_with('|') || indicator.starts_with('>') {
+        let indent = lines
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .unwrap_or(0);
+        (annotation.line, u32::try_from(indent).unwrap_or(0))
+    } else {
+        (annotation.line.saturating_sub(1), annotation.column)
+    }
+}
+
+fn shift(node: &mut Node, lines: u32, columns: u32) {
+    node.line += lines;
+    node.column += columns;
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| shift(n, lines, columns)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            shift(k, lines, columns);
+            shift(v, lines, columns);
+        }),
+        _ => {}
+    }
+}

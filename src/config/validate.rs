@@ -1,0 +1,1295 @@
+//! Validation: raw decoded resources -> the model `translate` consumes.
+//!
+//! Each resource is checked on its own first (values, regexes, references to services),
+//! then across resources (duplicate names, Mappings no Host serves, TLS references).
+//! Every problem becomes a [`Diagnostic`]; a resource with an error is left out of the
+//! [`Config`], and the caller's [`Policy`](super::Policy) decides whether the rest is served.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::diag::{Diagnostic, ResourceRef, Severity};
+use super::load::{Parsed, Spec};
+use super::model::*;
+use super::raw;
+use super::yaml::At;
+
+/// Emissary's default request timeout.
+const DEFAULT_TIMEOUT_MS: u32 = 3_000;
+/// Emissary's default upstream connect timeout.
+const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 3_000;
+
+/// Collects the diagnostics of one resource.
+struct Check<'a> {
+    origin: &'a Origin,
+    resource: ResourceRef,
+    base: &'static str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Check<'_> {
+    fn at(&mut self, severity: Severity, line: u32, column: u32, field: &str, message: String) {
+        let (line, column) = if line == 0 {
+            (self.origin.line, self.origin.column)
+        } else {
+            (line, column)
+        };
+        self.diagnostics.push(Diagnostic {
+            file: self.origin.file.clone(),
+            line,
+            column,
+            severity,
+            resource: Some(self.resource.clone()),
+            field: if field.is_empty() {
+                String::new()
+            } else {
+                format!("{}{field}", self.base)
+            },
+            message,
+        });
+    }
+
+    fn error<T>(&mut self, at: &At<T>, field: &str, message: impl Into<String>) {
+        self.at(Severity::Error, at.line, at.column, field, message.into());
+    }
+
+    fn error_here(&mut self, field: &str, message: impl Into<String>) {
+        self.at(Severity::Error, 0, 0, field, message.into());
+    }
+
+    fn failed(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    fn regex(&mut self, at: &At<String>, field: &str) {
+        if let Some(problem) = regex_problem(&at.value) {
+            self.error(at, field, problem);
+        }
+    }
+}
+
+/// Why Envoy's RE2 would reject `pattern`, if it would. Rust's `regex` crate accepts the
+/// same syntax family as RE2 (no backreferences, no look-around), so its verdict is ours.
+pub fn regex_problem(pattern: &str) -> Option<String> {
+    match regex::Regex::new(pattern) {
+        Ok(_) => None,
+        Err(regex::Error::Syntax(text)) => {
+            let last = text.lines().last().unwrap_or("invalid regex").trim();
+            Some(format!(
+                "invalid regular expression {pattern:?}: {}",
+                last.trim_start_matches("error: ")
+            ))
+        }
+        Err(e) => Some(format!("invalid regular expression {pattern:?}: {e}")),
+    }
+}
+
+/// Turns parsed resources into a [`Config`], pushing every problem onto `diagnostics`.
+/// Invalid resources are left out.
+pub fn validate(
+    parsed: Vec<Parsed>,
+    secrets_dir: Option<&Path>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Config {
+    let mut config = Config::default();
+    let mut seen: BTreeMap<(Kind, String, String), Origin> = BTreeMap::new();
+    for p in parsed {
+        let key = (p.kind, p.namespace.clone(), p.name.clone());
+        if let Some(first) = seen.get(&key) {
+            diagnostics.push(Diagnostic {
+                file: p.origin.file.clone(),
+                line: p.origin.line,
+                column: p.origin.column,
+                severity: Severity::Error,
+                resource: Some(ResourceRef::new(p.kind, &p.name)),
+                field: String::new(),
+                message: format!(
+                    "duplicate {} name {:?} in namespace {:?}; first declared at {first}",
+                    p.kind, p.name, p.namespace
+                ),
+            });
+            continue;
+        }
+        seen.insert(key, p.origin.clone());
+        let meta = Meta {
+            kind: p.kind,
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            origin: p.origin.clone(),
+        };
+        let mut check = Check {
+            origin: &p.origin,
+            resource: ResourceRef::new(p.kind, &p.name),
+            base: p.base,
+            diagnostics: Vec::new(),
+        };
+        match p.spec {
+            Spec::Mapping(spec) => {
+                let m = mapping(meta, *spec, p.default_service.as_deref(), &mut check);
+                if !check.failed() {
+                    config.mappings.extend(m);
+                }
+            }
+            Spec::Host(spec) => {
+                let h = host(meta, spec, p.labels, &mut check);
+                if !check.failed() {
+                    config.hosts.extend(h);
+                }
+            }
+            Spec::Listener(spec) => {
+                let l = listener(meta, spec, &mut check);
+                if !check.failed() {
+                    config.listeners.extend(l);
+                }
+            }
+            Spec::TlsContext(spec) => {
+                let t = tls_context(meta, spec, &mut check);
+                if !check.failed() {
+                    config.tls_contexts.extend(t);
+                }
+            }
+            Spec::Module => {
+                if p.name != "ambassador" {
+                    check.error_here("", "the only Module attache reads is named `ambassador`");
+                }
+            }
+        }
+        diagnostics.append(&mut check.diagnostics);
+    }
+    cross_check(&mut config, diagnostics);
+    load_secrets(&mut config, secrets_dir, diagnostics);
+    sort(&mut config);
+    config
+}
+
+fn sort(config: &mut Config) {
+    let key = |m: &Meta| (m.namespace.clone(), m.name.clone());
+    config.mappings.sort_by_key(|m| key(&m.meta));
+    config.hosts.sort_by_key(|h| key(&h.meta));
+    config.listeners.sort_by_key(|l| key(&l.meta));
+    config.tls_contexts.sort_by_key(|t| key(&t.meta));
+}
+
+// === Mapping ===
+
+fn mapping(
+    meta: Meta,
+    spec: raw::MappingSpec,
+    default_service: Option<&str>,
+    check: &mut Check<'_>,
+) -> Option<Mapping> {
+    let hostname = match (&spec.hostname, &spec.host) {
+        (Some(_), Some(host)) => {
+            check.error(
+                host,
+                "host",
+                "give `hostname` or `host`, not both (`host` is the v2 spelling)",
+            );
+            HostPattern::Any
+        }
+        (Some(h), None) => host_pattern(h, "hostname", check),
+        (None, Some(h)) => host_pattern(h, "host", check),
+        (None, None) => HostPattern::Any,
+    };
+    let path = path_match(&spec, check);
+    let headers = matches(
+        &spec.headers,
+        &spec.regex_headers,
+        "headers",
+        "regex_headers",
+        check,
+    );
+    let query_parameters = matches(
+        &spec.query_parameters,
+        &spec.regex_query_parameters,
+        "query_parameters",
+        "regex_query_parameters",
+        check,
+    );
+    let method = spec.method.as_ref().map(|m| {
+        if !is_token(&m.value) {
+            check.error(m, "method", format!("{:?} is not an HTTP method", m.value));
+        }
+        m.value.to_ascii_uppercase()
+    });
+    let action = if spec.host_redirect == Some(true) {
+        redirect(&spec, check).map(Action::Redirect)
+    } else {
+        for (field, value) in [
+            ("path_redirect", &spec.path_redirect),
+            ("prefix_redirect", &spec.prefix_redirect),
+        ] {
+            if let Some(v) = value {
+                check.error(v, field, "only takes effect with `host_redirect: true`");
+            }
+        }
+        if let Some(code) = &spec.redirect_response_code {
+            check.error(
+                code,
+                "redirect_response_code",
+                "only takes effect with `host_redirect: true`",
+            );
+        }
+        route(&spec, &meta, default_service, check).map(Action::Route)
+    };
+    if let Some(w) = &spec.weight {
+        if w.value > 100 {
+            check.error(
+                w,
+                "weight",
+                format!("{} is over 100; weights are percentages", w.value),
+            );
+        }
+    }
+    let add_request_headers =
+        headers_to_add(&spec.add_request_headers, "add_request_headers", check);
+    let add_response_headers =
+        headers_to_add(&spec.add_response_headers, "add_response_headers", check);
+    let remove_request_headers = headers_to_remove(
+        &spec.remove_request_headers,
+        "remove_request_headers",
+        check,
+    );
+    let remove_response_headers = headers_to_remove(
+        &spec.remove_response_headers,
+        "remove_response_headers",
+        check,
+    );
+    Some(Mapping {
+        meta,
+        hostname,
+        path: path?,
+        case_sensitive: spec.case_sensitive.unwrap_or(true),
+        method,
+        headers,
+        query_parameters,
+        action: action?,
+        weight: spec.weight.map(|w| w.value),
+        precedence: spec.precedence.unwrap_or(0),
+        add_request_headers,
+        remove_request_headers,
+        add_response_headers,
+        remove_response_headers,
+    })
+}
+
+fn path_match(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<PathMatch> {
+    let Some(prefix) = &spec.prefix else {
+        check.error_here("prefix", "missing required field `prefix`");
+        return None;
+    };
+    let regex = spec.prefix_regex.unwrap_or(false);
+    let exact = spec.prefix_exact.unwrap_or(false);
+    if regex && exact {
+        check.error(
+            prefix,
+            "prefix_exact",
+            "`prefix_regex` and `prefix_exact` exclude each other",
+        );
+        return None;
+    }
+    if regex {
+        check.regex(prefix, "prefix");
+        return Some(PathMatch::Regex(prefix.value.clone()));
+    }
+    if !prefix.value.starts_with('/') {
+        check.error(prefix, "prefix", "must start with \"/\"");
+        return None;
+    }
+    if prefix
+        .value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        check.error(
+            prefix,
+            "prefix",
+            "must not contain whitespace or control characters",
+        );
+        return None;
+    }
+    Some(if exact {
+        PathMatch::Exact(prefix.value.clone())
+    } else {
+        PathMatch::Prefix(prefix.value.clone())
+    })
+}
+
+fn matches(
+    exact: &BTreeMap<String, At<raw::MatchValue>>,
+    regexes: &BTreeMap<String, At<String>>,
+    exact_field: &str,
+    regex_field: &str,
+    check: &mut Check<'_>,
+) -> Vec<KeyValueMatch> {
+    let mut out = Vec::new();
+    for (name, value) in exact {
+        if !is_token(name) {
+            check.error(value, exact_field, format!("{name:?} is not a valid name"));
+        }
+        out.push(KeyValueMatch {
+            name: name.to_ascii_lowercase(),
+            value: match &value.value {
+                raw::MatchValue::Present => ValueMatch::Present,
+                raw::MatchValue::Exact(s) => ValueMatch::Exact(s.clone()),
+            },
+        });
+    }
+    for (name, value) in regexes {
+        if !is_token(name) {
+            check.error(value, regex_field, format!("{name:?} is not a valid name"));
+        }
+        if exact.contains_key(name) {
+            check.error(
+                value,
+                regex_field,
+                format!("{name:?} is matched in `{exact_field}` too"),
+            );
+        }
+        check.regex(value, &format!("{regex_field}.{name}"));
+        out.push(KeyValueMatch {
+            name: name.to_ascii_lowercase(),
+            value: ValueMatch::Regex(value.value.clone()),
+        });
+    }
+    out.sort();
+    out
+}
+
+fn route(
+    spec: &raw::MappingSpec,
+    meta: &Meta,
+    default_service: Option<&str>,
+    check: &mut Check<'_>,
+) -> Option<Route> {
+    let service_text = match (&spec.service, default_service) {
+        (Some(s), _) => s.clone(),
+        (None, Some(default)) => At {
+            value: default.to_owned(),
+            line: 0,
+            column: 0,
+        },
+        (None, None) => {
+            check.error_here("service", "missing required field `service`");
+            return None;
+        }
+    };
+    let parsed = match parse_service(&service_text.value, &meta.namespace) {
+        Ok(s) => s,
+        Err(why) => {
+            check.error(&service_text, "service", why);
+            return None;
+        }
+    };
+    let tls = match (&spec.tls, parsed.scheme_tls) {
+        (
+            Some(At {
+                value: raw::TlsSetting::Enabled(false),
+                ..
+            }),
+            Some(true),
+        ) => {
+            check.error(
+                &service_text,
+                "tls",
+                "`tls: false` contradicts the `https://` service",
+            );
+            UpstreamTls::Plain
+        }
+        (
+            Some(At {
+                value: raw::TlsSetting::Enabled(true),
+                ..
+            }),
+            _,
+        )
+        | (None, Some(true)) => UpstreamTls::Tls,
+        (
+            Some(At {
+                value: raw::TlsSetting::Context(name),
+                ..
+            }),
+            _,
+        ) => UpstreamTls::Context(name.clone()),
+        _ => UpstreamTls::Plain,
+    };
+    let connect_timeout_ms = match &spec.connect_timeout_ms {
+        Some(t) if t.value == 0 => {
+            check.error(t, "connect_timeout_ms", "must be above 0");
+            DEFAULT_CONNECT_TIMEOUT_MS
+        }
+        Some(t) => t.value,
+        None => DEFAULT_CONNECT_TIMEOUT_MS,
+    };
+    let rewrite = match (&spec.rewrite, &spec.regex_rewrite) {
+        (Some(r), Some(_)) => {
+            check.error(r, "rewrite", "give `rewrite` or `regex_rewrite`, not both");
+            Rewrite::Keep
+        }
+        (_, Some(rr)) => {
+            let pattern = At {
+                value: rr.value.pattern.clone(),
+                line: rr.line,
+                column: rr.column,
+            };
+            check.regex(&pattern, "regex_rewrite.pattern");
+            Rewrite::Regex {
+                pattern: rr.value.pattern.clone(),
+                substitution: rr.value.substitution.clone(),
+            }
+        }
+        (Some(r), None) if r.value.is_empty() => Rewrite::Keep,
+        (Some(r), None) => {
+            if !r.value.starts_with('/') {
+                check.error(
+                    r,
+                    "rewrite",
+                    "must start with \"/\" (or be \"\" to keep the path)",
+                );
+            }
+            Rewrite::Prefix(r.value.clone())
+        }
+        (None, None) => Rewrite::Prefix("/".to_owned()),
+    };
+    let mut upgrades: Vec<String> = spec
+        .allow_upgrade
+        .iter()
+        .flatten()
+        .map(|u| {
+            if !is_token(&u.value) {
+                check.error(
+                    u,
+                    "allow_upgrade",
+                    format!("{:?} is not an upgrade protocol name", u.value),
+                );
+            }
+            u.value.to_ascii_lowercase()
+        })
+        .collect();
+    if spec.use_websocket == Some(true) {
+        upgrades.push("websocket".to_owned());
+    }
+    upgrades.sort();
+    upgrades.dedup();
+    if let Some(h) = &spec.host_rewrite {
+        if h.value.is_empty() || h.value.contains(char::is_whitespace) {
+            check.error(h, "host_rewrite", "must be a host name");
+        }
+    }
+    Some(Route {
+        target: Target {
+            service: parsed.service,
+            tls,
+            http2: spec.grpc.unwrap_or(false),
+            connect_timeout_ms,
+        },
+        rewrite,
+        timeout_ms: spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        idle_timeout_ms: spec.idle_timeout_ms,
+        upgrades,
+        host_rewrite: spec.host_rewrite.as_ref().map(|h| h.value.clone()),
+    })
+}
+
+fn redirect(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<Redirect> {
+    let host = spec.service.as_ref().map(|s| {
+        let host = s
+            .value
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        if host.is_empty() || host.contains(['/', ' ']) {
+            check.error(
+                s,
+                "service",
+                "with `host_redirect: true`, `service` is the host to redirect to",
+            );
+        }
+        host.to_owned()
+    });
+    if let (Some(p), Some(_)) = (&spec.path_redirect, &spec.prefix_redirect) {
+        check.error(
+            p,
+            "path_redirect",
+            "give `path_redirect` or `prefix_redirect`, not both",
+        );
+    }
+    for (field, value) in [
+        ("path_redirect", &spec.path_redirect),
+        ("prefix_redirect", &spec.prefix_redirect),
+    ] {
+        if let Some(v) = value {
+            if !v.value.starts_with('/') {
+                check.error(v, field, "must start with \"/\"");
+            }
+        }
+    }
+    let response_code = match &spec.redirect_response_code {
+        Some(c) if ![301, 302, 303, 307, 308].contains(&c.value) => {
+            check.error(
+                c,
+                "redirect_response_code",
+                format!(
+                    "{} is not a redirect; use 301, 302, 303, 307 or 308",
+                    c.value
+                ),
+            );
+            301
+        }
+        Some(c) => c.value,
+        None => 301,
+    };
+    Some(Redirect {
+        host,
+        path: spec.path_redirect.as_ref().map(|p| p.value.clone()),
+        prefix: spec.prefix_redirect.as_ref().map(|p| p.value.clone()),
+        response_code,
+    })
+}
+
+fn headers_to_add(
+    map: &BTreeMap<String, At<raw::HeaderValue>>,
+    field: &str,
+    check: &mut Check<'_>,
+) -> Vec<HeaderToAdd> {
+    map.iter()
+        .map(|(name, v)| {
+            if !is_token(name) || name.starts_with(':') {
+                check.error(
+                    v,
+                    field,
+                    format!("{name:?} is not a header name that can be set"),
+                );
+            }
+            if v.value.value.contains(['\r', '\n', '\0']) {
+                check.error(
+                    v,
+                    field,
+                    format!("the value of {name:?} contains a line break or NUL"),
+                );
+            }
+            HeaderToAdd {
+                name: name.to_ascii_lowercase(),
+                value: v.value.value.clone(),
+                append: v.value.append,
+            }
+        })
+        .collect()
+}
+
+fn headers_to_remove(
+    list: &Option<At<raw::OneOrMany>>,
+    field: &str,
+    check: &mut Check<'_>,
+) -> Vec<String> {
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = list
+        .value
+        .0
+        .iter()
+        .map(|name| {
+            if !is_token(name) || name.starts_with(':') {
+                check.error(
+                    list,
+                    field,
+                    format!("{name:?} is not a header name that can be removed"),
+                );
+            }
+            name.to_ascii_lowercase()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// An RFC 9110 token: header names, methods, upgrade protocols.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+// === Services ===
+
+/// A parsed `service` value.
+#[derive(Debug, PartialEq)]
+pub struct ParsedService {
+    pub service: Service,
+    /// `Some(true)` for `https://`, `Some(false)` for `http://`.
+    pub scheme_tls: Option<bool>,
+}
+
+/// Parses Emissary's `service` forms: `name`, `name.namespace`, `name[.namespace]:port`
+/// (a number or a port name), `host:port`, `http(s)://host:port`.
+///
+/// Which names are Kubernetes Services: a name with at most one dot, or one ending in
+/// `.svc` / `.svc.cluster.local`. IP addresses, `localhost` and names with two or more
+/// dots are reached directly (STATIC or STRICT_DNS clusters).
+///
+/// # Errors
+///
+/// A message saying what is wrong with the value.
+pub fn parse_service(text: &str, namespace: &str) -> Result<ParsedService, String> {
+    let (rest, scheme_tls) = if let Some(r) = text.strip_prefix("https://") {
+        (r, Some(true))
+    } else if let Some(r) = text.strip_prefix("http://") {
+        (r, Some(false))
+    } else if text.contains("://") {
+        return Err(format!(
+            "{text:?}: only http:// and https:// services are supported"
+        ));
+    } else {
+        (text, None)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err("must name a service".to_owned());
+    }
+    if rest.contains(['/', ' ', '?', '#', '@']) {
+        return Err(format!(
+            "{text:?} is not `host[:port]`: paths and credentials do not belong in `service`"
+        ));
+    }
+    // `[v6]:port`, `host:port`, or a bare host.
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let (addr, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: unclosed `[`"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{text:?}: expected `:port` after `]`")),
+        };
+        (addr, port)
+    } else if rest.matches(':').count() > 1 {
+        (rest, None) // a bare IPv6 address
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let port_number = |p: &str| -> Result<u16, String> {
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            Ok(n) => Err(format!("port {n} is out of range 1-65535")),
+            Err(_) => Err(format!("{p:?} is not a port number")),
+        }
+    };
+    let default_port = if scheme_tls == Some(true) { 443 } else { 80 };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let port = port.map(port_number).transpose()?.unwrap_or(default_port);
+        return Ok(ParsedService {
+            service: Service::Address {
+                host: ip.to_string(),
+                port,
+            },
+            scheme_tls,
+        });
+    }
+    if !valid_dns_name(host) {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    let host = host.to_ascii_lowercase();
+    let kube_name = host
+        .strip_suffix(".svc.cluster.local")
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(&host);
+    let is_kube = host != "localhost" && (kube_name != host || host.matches('.').count() <= 1);
+    if is_kube {
+        let (name, ns) = match kube_name.split_once('.') {
+            Some((n, ns)) => (n, ns),
+            None => (kube_name, namespace),
+        };
+        if name.contains('.') || ns.contains('.') {
+            return Err(format!("{host:?} is not `name.namespace`"));
+        }
+        let port = match port {
+            None => None,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(ServicePort::Number(port_number(p)?))
+            }
+            Some(p) if valid_dns_label(p) => Some(ServicePort::Name(p.to_owned())),
+            Some(p) => return Err(format!("{p:?} is neither a port number nor a port name")),
+        };
+        return Ok(ParsedService {
+            service: Service::Kubernetes {
+                name: name.to_owned(),
+                namespace: ns.to_owned(),
+                port,
+            },
+            scheme_tls,
+        });
+    }
+    let port = port.map(port_number).transpose()?.unwrap_or(default_port);
+    Ok(ParsedService {
+        service: Service::Address { host, port },
+        scheme_tls,
+    })
+}
+
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn valid_dns_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(valid_dns_label)
+}
+
+fn host_pattern(at: &At<String>, field: &str, check: &mut Check<'_>) -> HostPattern {
+    match parse_host_pattern(&at.value) {
+        Ok(p) => p,
+        Err(why) => {
+            check.error(at, field, why);
+            HostPattern::Any
+        }
+    }
+}
+
+/// `*`, `*.example.com` or an exact host name (a `:port` is not part of it).
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
+    if text == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if let Some(suffix) = text.strip_prefix("*.") {
+        return if valid_dns_name(suffix) {
+            Ok(HostPattern::Suffix(format!(
+                ".{}",
+                suffix.to_ascii_lowercase()
+            )))
+        } else {
+            Err(format!(
+                "{text:?} is not a valid wildcard host (`*.example.com`)"
+            ))
+        };
+    }
+    if text.contains('*') {
+        return Err(format!(
+            "{text:?}: `*` is only allowed alone or as the first label (`*.example.com`)"
+        ));
+    }
+    if text.contains(':') {
+        return Err(format!("{text:?}: give the host name without a port"));
+    }
+    if valid_dns_name(text) || text.parse::<IpAddr>().is_ok() {
+        Ok(HostPattern::Exact(text.to_ascii_lowercase()))
+    } else {
+        Err(format!("{text:?} is not a valid host name"))
+    }
+}
+
+// === Host, Listener, TLSContext ===
+
+fn host(
+    meta: Meta,
+    spec: raw::HostSpec,
+    labels: BTreeMap<String, String>,
+    check: &mut Check<'_>,
+) -> Option<Host> {
+    let hostname = match &spec.hostname {
+        Some(h) => host_pattern(h, "hostname", check),
+        None => HostPattern::Any,
+    };
+    if let Some(acme) = &spec.acme_provider {
+        if !acme.value.authority.eq_ignore_ascii_case("none") {
+            check.error(
+                acme,
+                "acmeProvider.authority",
+                "attache does not run ACME; set `authority: none` and give a `tlsSecret`",
+            );
+        }
+    }
+    let tls_secret = spec.tls_secret.as_ref().map(|s| {
+        check_secret_name(&s.value.name, s, "tlsSecret.name", check);
+        s.value.name.clone()
+    });
+    let action = spec
+        .request_policy
+        .as_ref()
+        .and_then(|p| p.insecure.as_ref())
+        .and_then(|i| i.action.as_ref());
+    let insecure_action = match action {
+        None => {
+            if tls_secret.is_some() {
+                InsecureAction::Redirect
+            } else {
+                InsecureAction::Route
+            }
+        }
+        Some(a) => match a.value.as_str() {
+            "Redirect" => InsecureAction::Redirect,
+            "Route" => InsecureAction::Route,
+            "Reject" => InsecureAction::Reject,
+            other => {
+                check.error(
+                    a,
+                    "requestPolicy.insecure.action",
+                    format!("{other:?} is not one of Redirect, Route, Reject"),
+                );
+                InsecureAction::Redirect
+            }
+        },
+    };
+    Some(Host {
+        meta,
+        hostname,
+        tls_secret,
+        tls_context: spec.tls_context.map(|c| c.value.name),
+        insecure_action,
+        labels,
+    })
+}
+
+fn check_secret_name<T>(name: &str, at: &At<T>, field: &str, check: &mut Check<'_>) {
+    // Secret names become directory names under --secrets-dir: no path tricks.
+    if !valid_dns_name(name) {
+        check.error(at, field, format!("{name:?} is not a valid Secret name"));
+    }
+}
+
+fn listener(meta: Meta, spec: raw::ListenerSpec, check: &mut Check<'_>) -> Option<Listener> {
+    let port = match &spec.port {
+        None => {
+            check.error_here("port", "missing required field `port`");
+            return None;
+        }
+        Some(p) if !(1..=65535).contains(&p.value) => {
+            check.error(
+                p,
+                "port",
+                format!("port {} is out of range 1-65535", p.value),
+            );
+            return None;
+        }
+        Some(p) => p.value as u16,
+    };
+    let protocol = match &spec.protocol {
+        None => {
+            check.error_here(
+                "protocol",
+                "missing required field `protocol` (HTTP, HTTPS or HTTPSPROXY)",
+            );
+            return None;
+        }
+        Some(p) => match p.value.as_str() {
+            "HTTP" => Protocol::Http,
+            "HTTPS" => Protocol::Https,
+            "HTTPSPROXY" => Protocol::HttpsProxy,
+            "HTTPPROXY" | "TCP" | "TLS" | "UDP" => {
+                check.error(
+                    p,
+                    "protocol",
+                    format!("{} listeners are not supported by attache yet", p.value),
+                );
+                return None;
+            }
+            other => {
+                check.error(
+                    p,
+                    "protocol",
+                    format!("{other:?} is not one of HTTP, HTTPS, HTTPSPROXY"),
+                );
+                return None;
+            }
+        },
+    };
+    let security_model = match &spec.security_model {
+        None => SecurityModel::Xfp,
+        Some(s) => match s.value.as_str() {
+            "XFP" => SecurityModel::Xfp,
+            "SECURE" => SecurityModel::Secure,
+            "INSECURE" => SecurityModel::Insecure,
+            other => {
+                check.error(
+                    s,
+                    "securityModel",
+                    format!("{other:?} is not one of XFP, SECURE, INSECURE"),
+                );
+                return None;
+            }
+        },
+    };
+    let host_binding = match &spec.host_binding {
+        None => HostBinding::All,
+        Some(b) => match (&b.namespace, &b.selector) {
+            (Some(_), Some(_)) => {
+                check.error_here("hostBinding", "give `namespace` or `selector`, not both");
+                return None;
+            }
+            (Some(ns), None) => match ns.from.value.as_str() {
+                "ALL" => HostBinding::All,
+                "SELF" => HostBinding::SameNamespace,
+                other => {
+                    check.error(
+                        &ns.from,
+                        "hostBinding.namespace.from",
+                        format!("{other:?} is not one of ALL, SELF"),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(sel)) => HostBinding::Labels(sel.match_labels.clone()),
+            (None, None) => HostBinding::All,
+        },
+    };
+    Some(Listener {
+        meta,
+        port,
+        protocol,
+        security_model,
+        host_binding,
+    })
+}
+
+fn tls_version(at: &Option<At<String>>, field: &str, check: &mut Check<'_>) -> Option<TlsVersion> {
+    let at = at.as_ref()?;
+    match at.value.as_str() {
+        "v1.0" => Some(TlsVersion::V1_0),
+        "v1.1" => Some(TlsVersion::V1_1),
+        "v1.2" => Some(TlsVersion::V1_2),
+        "v1.3" => Some(TlsVersion::V1_3),
+        other => {
+            check.error(
+                at,
+                field,
+                format!("{other:?} is not one of v1.0, v1.1, v1.2, v1.3"),
+            );
+            None
+        }
+    }
+}
+
+fn tls_context(meta: Meta, spec: raw::TlsContextSpec, check: &mut Check<'_>) -> Option<TlsContext> {
+    let min = tls_version(&spec.min_tls_version, "min_tls_version", check);
+    let max = tls_version(&spec.max_tls_version, "max_tls_version", check);
+    if let (Some(lo), Some(hi), Some(at)) = (min, max, &spec.min_tls_version) {
+        if lo > hi {
+            check.error(at, "min_tls_version", "is above max_tls_version");
+        }
+    }
+    let hosts = spec
+        .hosts
+        .iter()
+        .map(|h| {
+            if parse_host_pattern(&h.value).is_err() {
+                check.error(
+                    h,
+                    "hosts",
+                    format!("{:?} is not a valid host name", h.value),
+                );
+            }
+            h.value.to_ascii_lowercase()
+        })
+        .collect();
+    if let Some(s) = &spec.secret {
+        check_secret_name(&s.value, s, "secret", check);
+    }
+    for c in &spec.cipher_suites {
+        if c.value.is_empty() || c.value.contains(char::is_whitespace) {
+            check.error(
+                c,
+                "cipher_suites",
+                format!("{:?} is not a cipher suite name", c.value),
+            );
+        }
+    }
+    Some(TlsContext {
+        meta,
+        hosts,
+        secret: spec.secret.map(|s| s.value),
+        min_tls_version: min,
+        max_tls_version: max,
+        alpn_protocols: spec.alpn_protocols.map(|a| a.value.0).unwrap_or_default(),
+        cipher_suites: spec.cipher_suites.into_iter().map(|c| c.value).collect(),
+    })
+}
+
+// === Across resources ===
+
+fn diag_at(
+    origin: &Origin,
+    severity: Severity,
+    kind: Kind,
+    name: &str,
+    field: &str,
+    message: String,
+) -> Diagnostic {
+    Diagnostic {
+        file: origin.file.clone(),
+        line: origin.line,
+        column: origin.column,
+        severity,
+        resource: Some(ResourceRef::new(kind, name)),
+        field: field.to_owned(),
+        message,
+    }
+}
+
+fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
+    // References to TLSContexts.
+    let contexts: BTreeSet<&str> = config
+        .tls_contexts
+        .iter()
+        .map(|t| t.meta.name.as_str())
+        .collect();
+    let mut bad_hosts = BTreeSet::new();
+    for h in &config.hosts {
+        if let Some(ctx) = &h.tls_context {
+            if !contexts.contains(ctx.as_str()) {
+                diagnostics.push(diag_at(
+                    &h.meta.origin,
+                    Severity::Error,
+                    Kind::Host,
+                    &h.meta.name,
+                    "tlsContext.name",
+                    format!("no TLSContext named {ctx:?}"),
+                ));
+                bad_hosts.insert(h.meta.name.clone());
+            }
+        }
+    }
+    let mut bad_mappings = BTreeSet::new();
+    for m in &config.mappings {
+        if let Action::Route(r) = &m.action {
+            if let UpstreamTls::Context(ctx) = &r.target.tls {
+                if !contexts.contains(ctx.as_str()) {
+                    diagnostics.push(diag_at(
+                        &m.meta.origin,
+                        Severity::Error,
+                        Kind::Mapping,
+                        &m.meta.name,
+                        "tls",
+                        format!("no TLSContext named {ctx:?}"),
+                    ));
+                    bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
+                }
+            }
+        }
+    }
+    // Listeners on one port.
+    let mut ports: BTreeMap<u16, &Listener> = BTreeMap::new();
+    let mut bad_listeners = BTreeSet::new();
+    for l in &config.listeners {
+        if let Some(first) = ports.insert(l.port, l) {
+            diagnostics.push(diag_at(
+                &l.meta.origin,
+                Severity::Error,
+                Kind::Listener,
+                &l.meta.name,
+                "port",
+                format!(
+                    "port {} is already used by Listener {:?} at {}",
+                    l.port, first.meta.name, first.meta.origin
+                ),
+            ));
+            bad_listeners.insert(l.meta.name.clone());
+        }
+    }
+    // Hosts with the same hostname would make two virtual hosts with one domain.
+    let mut hostnames: BTreeMap<&HostPattern, &Host> = BTreeMap::new();
+    for h in &config.hosts {
+        if let Some(first) = hostnames.insert(&h.hostname, h) {
+            diagnostics.push(diag_at(
+                &h.meta.origin,
+                Severity::Error,
+                Kind::Host,
+                &h.meta.name,
+                "hostname",
+                format!(
+                    "hostname {} is already served by Host {:?} at {}",
+                    h.hostname, first.meta.name, first.meta.origin
+                ),
+            ));
+            bad_hosts.insert(h.meta.name.clone());
+        }
+    }
+    // Mappings that no Host serves never receive traffic: almost always a typo.
+    if !config.hosts.is_empty() {
+        for m in &config.mappings {
+            if !config
+                .hosts
+                .iter()
+                .any(|h| h.hostname.overlaps(&m.hostname))
+            {
+                let served: Vec<String> = config
+                    .hosts
+                    .iter()
+                    .map(|h| h.hostname.to_string())
+                    .collect();
+                diagnostics.push(diag_at(
+                    &m.meta.origin,
+                    Severity::Error,
+                    Kind::Mapping,
+                    &m.meta.name,
+                    "hostname",
+                    format!(
+                        "no Host serves {}; Hosts serve {}",
+                        m.hostname,
+                        served.join(", ")
+                    ),
+                ));
+                bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
+            }
+        }
+    }
+    // Same match, no weights: traffic is split evenly, which is rarely what was meant.
+    let mut groups: BTreeMap<MatchKey, Vec<&Mapping>> = BTreeMap::new();
+    for m in &config.mappings {
+        groups.entry(MatchKey::of(m)).or_default().push(m);
+    }
+    for group in groups.values().filter(|g| g.len() > 1) {
+        if group.iter().all(|m| m.weight.is_none()) {
+            let first = group[0];
+            for other in &group[1..] {
+                diagnostics.push(diag_at(&other.meta.origin, Severity::Warning, Kind::Mapping, &other.meta.name, "", format!("same match as Mapping {:?} at {} and neither has a `weight`: traffic is split evenly between them", first.meta.name, first.meta.origin)));
+            }
+        } else {
+            let total: u32 = group.iter().filter_map(|m| m.weight).sum();
+            if total > 100 {
+                let first = group[0];
+                diagnostics.push(diag_at(
+                    &first.meta.origin,
+                    Severity::Error,
+                    Kind::Mapping,
+                    &first.meta.name,
+                    "weight",
+                    format!(
+                        "weights of the {} Mappings with this match add up to {total}, over 100",
+                        group.len()
+                    ),
+                ));
+                for m in group {
+                    bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
+                }
+            }
+        }
+    }
+    config.hosts.retain(|h| !bad_hosts.contains(&h.meta.name));
+    config
+        .listeners
+        .retain(|l| !bad_listeners.contains(&l.meta.name));
+    config
+        .mappings
+        .retain(|m| !bad_mappings.contains(&(m.meta.namespace.clone(), m.meta.name.clone())));
+}
+
+/// What makes two Mappings compete for the same requests.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct MatchKey {
+    hostname: HostPattern,
+    path: PathMatch,
+    case_sensitive: bool,
+    method: Option<String>,
+    headers: Vec<KeyValueMatch>,
+    query: Vec<KeyValueMatch>,
+    precedence: i32,
+}
+
+impl MatchKey {
+    fn of(m: &Mapping) -> Self {
+        MatchKey {
+            hostname: m.hostname.clone(),
+            path: m.path.clone(),
+            case_sensitive: m.case_sensitive,
+            method: m.method.clone(),
+            headers: m.headers.clone(),
+            query: m.query_parameters.clone(),
+            precedence: m.precedence,
+        }
+    }
+}
+
+/// Reads the certificates that Hosts and TLSContexts name from `secrets_dir`.
+fn load_secrets(
+    config: &mut Config,
+    secrets_dir: Option<&Path>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let mut wanted: BTreeMap<String, (Origin, Kind, String, &'static str)> = BTreeMap::new();
+    for h in &config.hosts {
+        if let Some(s) = &h.tls_secret {
+            wanted.entry(s.clone()).or_insert((
+                h.meta.origin.clone(),
+                Kind::Host,
+                h.meta.name.clone(),
+                "tlsSecret.name",
+            ));
+        }
+    }
+    for t in &config.tls_contexts {
+        if let Some(s) = &t.secret {
+            wanted.entry(s.clone()).or_insert((
+                t.meta.origin.clone(),
+                Kind::TlsContext,
+                t.meta.name.clone(),
+                "secret",
+            ));
+        }
+    }
+    let Some(dir) = secrets_dir else {
+        for (secret, (origin, kind, name, field)) in wanted {
+            diagnostics.push(diag_at(
+                &origin,
+                Severity::Warning,
+                kind,
+                &name,
+                field,
+                format!("secret {secret:?} not checked: no --secrets-dir given"),
+            ));
+        }
+        return;
+    };
+    for (secret, (origin, kind, name, field)) in wanted {
+        let read = |file: &str| std::fs::read_to_string(dir.join(&secret).join(file));
+        match (read("tls.crt"), read("tls.key")) {
+            (Ok(cert), Ok(key)) if cert.contains("-----BEGIN") && key.contains("-----BEGIN") => {
+                config.secrets.insert(
+                    secret.clone(),
+                    TlsSecret {
+                        name: secret,
+                        certificate_chain: cert,
+                        private_key: key,
+                    },
+                );
+            }
+            (Ok(_), Ok(_)) => diagnostics.push(diag_at(
+                &origin,
+                Severity::Error,
+                kind,
+                &name,
+                field,
+                format!("secret {secret:?}: tls.crt and tls.key must be PEM"),
+            )),
+            (Err(e), _) | (_, Err(e)) => diagnostics.push(diag_at(
+                &origin,
+                Severity::Error,
+                kind,
+                &name,
+                field,
+                format!(
+                    "secret {secret:?}: cannot read {}/{{tls.crt,tls.key}}: {e}",
+                    dir.join(&secret).display()
+                ),
+            )),
+        }
+    }
+    // A Host whose certificate is missing cannot terminate TLS: leave it out.
+    let present: BTreeSet<String> = config.secrets.keys().cloned().collect();
+    config
+        .hosts
+        .retain(|h| h.tls_secret.as_ref().is_none_or(|s| present.contains(s)));
+    config
+        .tls_contexts
+        .retain(|t| t.secret.as_ref().is_none_or(|s| present.contains(s)));
+}

@@ -1,0 +1,445 @@
+//! Mappings -> Envoy routes: grouping, Emissary's order, match and action.
+//!
+//! Three jobs, in the order `vhost` uses them:
+//! 1. [`groups`]: Mappings with the same match (hostname, path, case sensitivity, method,
+//!    headers, query parameters) where any has a `weight` become one group, served by one
+//!    route with weighted clusters. Without weights they stay separate routes: the later
+//!    one is shadowed, which validation warns about.
+//! 2. [`Group::order_key`]: Emissary's route order, made total so output is deterministic.
+//! 3. [`Group::route`]: the Envoy `Route`: `RouteMatch`, then a `RouteAction` (cluster or
+//!    weighted clusters, rewrites, timeouts, upgrades, host rewrite) or a `RedirectAction`.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction, RouteMatch,
+    WeightedCluster, header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier, redirect_action, route, route_action,
+    route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+
+use super::names;
+use super::provenance::Provenance;
+use crate::config::{
+    Action, HeaderToAdd, HostPattern, KeyValueMatch, Mapping, PathMatch, Redirect, Rewrite, Target,
+    ValueMatch,
+};
+
+/// The share Emissary's weights are expressed in: Mappings without a weight split what the
+/// others leave of 100.
+const TOTAL_WEIGHT: u64 = 100;
+
+/// Mappings served by one Envoy route: one Mapping, or several with the same match and
+/// weights (sorted by namespace and name; the first one's route settings apply).
+#[derive(Debug, Clone)]
+pub(super) struct Group<'a> {
+    members: Vec<&'a Mapping>,
+}
+
+/// What makes two Mappings "the same match".
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct MatchKey<'a> {
+    hostname: &'a HostPattern,
+    path: &'a PathMatch,
+    case_sensitive: bool,
+    method: Option<&'a str>,
+    headers: Vec<&'a KeyValueMatch>,
+    query_parameters: Vec<&'a KeyValueMatch>,
+}
+
+impl<'a> MatchKey<'a> {
+    fn of(mapping: &'a Mapping) -> Self {
+        let mut headers: Vec<_> = mapping.headers.iter().collect();
+        headers.sort();
+        let mut query_parameters: Vec<_> = mapping.query_parameters.iter().collect();
+        query_parameters.sort();
+        MatchKey {
+            hostname: &mapping.hostname,
+            path: &mapping.path,
+            case_sensitive: mapping.case_sensitive,
+            method: mapping.method.as_deref(),
+            headers,
+            query_parameters,
+        }
+    }
+}
+
+/// Splits the Mappings into route groups. The result is in match-key order; callers sort
+/// by [`Group::order_key`].
+pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
+    let mut by_match: BTreeMap<MatchKey<'_>, Vec<&Mapping>> = BTreeMap::new();
+    for mapping in mappings {
+        by_match
+            .entry(MatchKey::of(mapping))
+            .or_default()
+            .push(mapping);
+    }
+    let mut groups = Vec::new();
+    for (_, mut same) in by_match {
+        same.sort_by(|a, b| {
+            (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+        });
+        let (routing, redirects): (Vec<&Mapping>, Vec<&Mapping>) = same
+            .into_iter()
+            .partition(|m| matches!(m.action, Action::Route(_)));
+        let weighted = routing.len() > 1 && routing.iter().any(|m| m.weight.is_some());
+        if weighted {
+            groups.push(Group { members: routing });
+        } else {
+            groups.extend(routing.into_iter().map(|m| Group { members: vec![m] }));
+        }
+        groups.extend(redirects.into_iter().map(|m| Group { members: vec![m] }));
+    }
+    groups
+}
+
+/// Emissary's route order for one group, as a sort key (ascending = first).
+///
+/// Precedence (higher first), then exact path before regex before prefix, longer pattern
+/// first, more header matches first (`extra_headers` counts the ones a virtual host adds),
+/// more query matches first, a method match first, and at last namespace and name, which
+/// are unique: the order is total.
+pub(super) type OrderKey<'a> = (
+    Reverse<i32>,
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    Reverse<usize>,
+    bool,
+    &'a str,
+    &'a str,
+);
+
+// === impl Group ===
+
+impl<'a> Group<'a> {
+    /// The Mapping whose match and route settings the group's route uses.
+    pub(super) fn primary(&self) -> &'a Mapping {
+        self.members[0]
+    }
+
+    /// See [`OrderKey`].
+    pub(super) fn order_key(&self, extra_headers: usize) -> OrderKey<'a> {
+        let primary = self.primary();
+        let precedence = self.members.iter().map(|m| m.precedence).max();
+        let kind = match primary.path {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Regex(_) => 1,
+            PathMatch::Prefix(_) => 2,
+        };
+        (
+            Reverse(precedence.unwrap_or(primary.precedence)),
+            kind,
+            Reverse(primary.path.pattern().len()),
+            Reverse(primary.headers.len() + extra_headers),
+            Reverse(primary.query_parameters.len()),
+            primary.method.is_none(),
+            &primary.meta.namespace,
+            &primary.meta.name,
+        )
+    }
+
+    /// The Envoy route for this group. `extra_headers` are matchers the virtual host adds
+    /// (`:authority` for a Mapping narrower than its Host, `x-forwarded-proto`).
+    pub(super) fn route(
+        &self,
+        clusters: &BTreeMap<Target, String>,
+        extra_headers: &[HeaderMatcher],
+    ) -> Route {
+        let primary = self.primary();
+        let provenance = if self.members.len() > 1 {
+            Provenance::shared(self.members.iter().map(|m| &m.meta))
+        } else {
+            None
+        }
+        .unwrap_or_else(|| Provenance::of(&primary.meta));
+        let mut envoy = Route {
+            name: names::qualified(&primary.meta.namespace, &primary.meta.name),
+            r#match: Some(route_match(primary, extra_headers)),
+            metadata: Some(provenance.to_metadata()),
+            ..Default::default()
+        };
+        match &primary.action {
+            Action::Redirect(redirect) => {
+                envoy.action = Some(route::Action::Redirect(redirect_action(
+                    redirect,
+                    &primary.path,
+                )));
+                set_route_headers(&mut envoy, primary);
+            }
+            Action::Route(settings) => {
+                let mut action = RouteAction {
+                    timeout: Some(duration_ms(settings.timeout_ms)),
+                    idle_timeout: settings.idle_timeout_ms.map(duration_ms),
+                    upgrade_configs: settings
+                        .upgrades
+                        .iter()
+                        .map(|kind| route_action::UpgradeConfig {
+                            upgrade_type: kind.clone(),
+                            enabled: Some(BoolValue { value: true }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                apply_rewrite(&mut action, &settings.rewrite, &primary.path);
+                let cluster = |m: &Mapping| match &m.action {
+                    Action::Route(r) => clusters.get(&r.target).cloned(),
+                    Action::Redirect(_) => None,
+                };
+                if self.members.len() == 1 {
+                    action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(
+                        cluster(primary).unwrap_or_default(),
+                    ));
+                    action.host_rewrite_specifier = settings
+                        .host_rewrite
+                        .clone()
+                        .map(route_action::HostRewriteSpecifier::HostRewriteLiteral);
+                    set_route_headers(&mut envoy, primary);
+                } else {
+                    let weights = weights(&self.members);
+                    let weighted = self
+                        .members
+                        .iter()
+                        .zip(weights)
+                        .map(|(m, weight)| cluster_weight(m, weight, cluster(m)))
+                        .collect();
+                    action.cluster_specifier = Some(
+                        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                            clusters: weighted,
+                            ..Default::default()
+                        }),
+                    );
+                }
+                envoy.action = Some(route::Action::Route(action));
+            }
+        }
+        envoy
+    }
+}
+
+/// Each member's share. Explicit weights stand; Mappings without one split what is left of
+/// 100 equally (the first ones get the remainder, one each). Envoy needs a positive total,
+/// so a group whose weights are all zero splits evenly instead.
+pub(super) fn weights(members: &[&Mapping]) -> Vec<u32> {
+    let explicit: u64 = members.iter().filter_map(|m| m.weight).map(u64::from).sum();
+    let unweighted = members.iter().filter(|m| m.weight.is_none()).count() as u64;
+    let left = TOTAL_WEIGHT.saturating_sub(explicit);
+    let mut nth_unweighted = 0u64;
+    let shares: Vec<u32> = members
+        .iter()
+        .map(|m| match m.weight {
+            Some(w) => w,
+            None => {
+                let share = left / unweighted + u64::from(nth_unweighted < left % unweighted);
+                nth_unweighted += 1;
+                u32::try_from(share).unwrap_or(u32::MAX)
+            }
+        })
+        .collect();
+    if shares.iter().all(|w| *w == 0) {
+        vec![1; members.len()]
+    } else {
+        shares
+    }
+}
+
+fn cluster_weight(
+    mapping: &Mapping,
+    weight: u32,
+    cluster: Option<String>,
+) -> weighted_cluster::ClusterWeight {
+    let host_rewrite = match &mapping.action {
+        Action::Route(r) => r.host_rewrite.clone(),
+        Action::Redirect(_) => None,
+    };
+    weighted_cluster::ClusterWeight {
+        name: cluster.unwrap_or_default(),
+        weight: Some(UInt32Value { value: weight }),
+        request_headers_to_add: headers_to_add(&mapping.add_request_headers),
+        request_headers_to_remove: mapping.remove_request_headers.clone(),
+        response_headers_to_add: headers_to_add(&mapping.add_response_headers),
+        response_headers_to_remove: mapping.remove_response_headers.clone(),
+        host_rewrite_specifier: host_rewrite
+            .map(weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral),
+        ..Default::default()
+    }
+}
+
+fn set_route_headers(route: &mut Route, mapping: &Mapping) {
+    route.request_headers_to_add = headers_to_add(&mapping.add_request_headers);
+    route.request_headers_to_remove = mapping.remove_request_headers.clone();
+    route.response_headers_to_add = headers_to_add(&mapping.add_response_headers);
+    route.response_headers_to_remove = mapping.remove_response_headers.clone();
+}
+
+/// `append_action`, not the deprecated `append` flag: appending adds a value, otherwise the
+/// header is replaced.
+fn headers_to_add(headers: &[HeaderToAdd]) -> Vec<HeaderValueOption> {
+    headers
+        .iter()
+        .map(|h| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: h.name.clone(),
+                value: h.value.clone(),
+                ..Default::default()
+            }),
+            append_action: if h.append {
+                HeaderAppendAction::AppendIfExistsOrAdd
+            } else {
+                HeaderAppendAction::OverwriteIfExistsOrAdd
+            } as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Path, case sensitivity, headers (the method as `:method`), query parameters.
+fn route_match(mapping: &Mapping, extra_headers: &[HeaderMatcher]) -> RouteMatch {
+    let path_specifier = match &mapping.path {
+        PathMatch::Prefix(p) => route_match::PathSpecifier::Prefix(p.clone()),
+        PathMatch::Exact(p) => route_match::PathSpecifier::Path(p.clone()),
+        PathMatch::Regex(r) => route_match::PathSpecifier::SafeRegex(regex(r)),
+    };
+    let mut headers: Vec<HeaderMatcher> = mapping.headers.iter().map(header_matcher).collect();
+    if let Some(method) = &mapping.method {
+        headers.push(header_matcher(&KeyValueMatch {
+            name: ":method".to_owned(),
+            value: ValueMatch::Exact(method.clone()),
+        }));
+    }
+    headers.extend_from_slice(extra_headers);
+    RouteMatch {
+        path_specifier: Some(path_specifier),
+        // Envoy's default is case-sensitive; say so only when it differs, as Emissary does.
+        case_sensitive: (!mapping.case_sensitive).then_some(BoolValue { value: false }),
+        headers,
+        query_parameters: mapping
+            .query_parameters
+            .iter()
+            .map(query_parameter_matcher)
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A header match on the value: exact or whole-value RE2, or mere presence.
+pub(super) fn header_matcher(m: &KeyValueMatch) -> HeaderMatcher {
+    let specifier = match string_matcher(&m.value) {
+        Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
+        None => HeaderMatchSpecifier::PresentMatch(true),
+    };
+    HeaderMatcher {
+        name: m.name.clone(),
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+fn query_parameter_matcher(m: &KeyValueMatch) -> QueryParameterMatcher {
+    let specifier = match string_matcher(&m.value) {
+        Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
+        None => QueryParameterMatchSpecifier::PresentMatch(true),
+    };
+    QueryParameterMatcher {
+        name: m.name.clone(),
+        query_parameter_match_specifier: Some(specifier),
+    }
+}
+
+/// `None` for [`ValueMatch::Present`], which has no string to compare.
+fn string_matcher(value: &ValueMatch) -> Option<StringMatcher> {
+    let pattern = match value {
+        ValueMatch::Present => return None,
+        ValueMatch::Exact(v) => string_matcher::MatchPattern::Exact(v.clone()),
+        ValueMatch::Regex(r) => string_matcher::MatchPattern::SafeRegex(regex(r)),
+    };
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
+}
+
+/// An RE2 matcher; Envoy's default engine is RE2, so the engine field stays unset.
+pub(super) fn regex(pattern: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: pattern.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// `prefix_rewrite` replaces what a prefix or exact match matched. A regex match has no
+/// prefix, so there the rewrite replaces what the path regex matches (Emissary does the
+/// same with `prefix_regex`).
+fn apply_rewrite(action: &mut RouteAction, rewrite: &Rewrite, path: &PathMatch) {
+    match (rewrite, path) {
+        (Rewrite::Keep, _) => {}
+        (Rewrite::Prefix(prefix), PathMatch::Regex(pattern)) => {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(pattern)),
+                substitution: prefix.clone(),
+            });
+        }
+        (Rewrite::Prefix(prefix), _) => action.prefix_rewrite = prefix.clone(),
+        (
+            Rewrite::Regex {
+                pattern,
+                substitution,
+            },
+            _,
+        ) => {
+            action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex(pattern)),
+                substitution: substitution.clone(),
+            });
+        }
+    }
+}
+
+fn redirect_action(redirect: &Redirect, path: &PathMatch) -> RedirectAction {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode};
+    let response_code = match redirect.response_code {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        // 301 and anything validation let through: Emissary's default.
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    let path_rewrite_specifier = match (&redirect.path, &redirect.prefix) {
+        (Some(p), _) => Some(PathRewriteSpecifier::PathRedirect(p.clone())),
+        // Envoy allows prefix_rewrite only where there is a prefix to replace.
+        (None, Some(p)) if !matches!(path, PathMatch::Regex(_)) => {
+            Some(PathRewriteSpecifier::PrefixRewrite(p.clone()))
+        }
+        (None, Some(p)) => Some(PathRewriteSpecifier::RegexRewrite(
+            RegexMatchAndSubstitute {
+                pattern: Some(regex(path.pattern())),
+                substitution: p.clone(),
+            },
+        )),
+        (None, None) => None,
+    };
+    RedirectAction {
+        host_redirect: redirect.host.clone().unwrap_or_default(),
+        response_code: response_code as i32,
+        path_rewrite_specifier,
+        ..Default::default()
+    }
+}
+
+/// A protobuf Duration of `ms` milliseconds (0 is Envoy's "disabled" for timeouts).
+pub(super) fn duration_ms(ms: u32) -> Duration {
+    Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}

@@ -1,0 +1,239 @@
+//! RouteConfigurations: one per listener, a virtual host per Host, the Mappings attached.
+//!
+//! A Mapping attaches to every Host its hostname can serve (`*` to all of them); when its
+//! hostname is narrower than the Host's (`a.example.com` under `*.example.com`), its route
+//! also matches `:authority`, so the Host's other names do not reach it. With no Host at
+//! all, one virtual host `*` serves every Mapping.
+//!
+//! A TLS Host's insecure action applies to the requests the listener's security model
+//! calls insecure: none under SECURE, all under INSECURE, and under XFP those whose
+//! `X-Forwarded-Proto` is not `https` (Envoy sets that header from the connection when
+//! the client did not, and `require_tls` checks it).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, RedirectAction, Route, RouteConfiguration, RouteMatch,
+    VirtualHost, redirect_action, route, route_match, virtual_host,
+};
+
+use super::listener::ListenerPlan;
+use super::names;
+use super::provenance::Provenance;
+use super::route::{self as mapping_route, Group};
+use super::tls;
+use crate::config::{
+    Config, Host, HostPattern, InsecureAction, KeyValueMatch, SecurityModel, Target, ValueMatch,
+};
+
+/// What a virtual host does with requests its listener's security model calls insecure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insecure {
+    /// Serve them like secure ones.
+    Serve,
+    /// `require_tls: ALL`: Envoy redirects unless `X-Forwarded-Proto` is `https`.
+    RequireTls,
+    /// Every request is insecure: redirect all of them to https.
+    RedirectAll,
+    /// Serve only when `X-Forwarded-Proto` is `https`, else 404.
+    RejectUnlessXfpHttps,
+    /// Every request is insecure: 404 for all.
+    RejectAll,
+}
+
+fn insecure(model: SecurityModel, terminates_tls: bool, action: InsecureAction) -> Insecure {
+    match (model, terminates_tls, action) {
+        (SecurityModel::Secure, _, _) | (_, false, _) | (_, true, InsecureAction::Route) => {
+            Insecure::Serve
+        }
+        (SecurityModel::Xfp, true, InsecureAction::Redirect) => Insecure::RequireTls,
+        (SecurityModel::Xfp, true, InsecureAction::Reject) => Insecure::RejectUnlessXfpHttps,
+        (SecurityModel::Insecure, true, InsecureAction::Redirect) => Insecure::RedirectAll,
+        (SecurityModel::Insecure, true, InsecureAction::Reject) => Insecure::RejectAll,
+    }
+}
+
+/// The RouteConfiguration of one listener.
+pub(super) fn route_configuration(
+    plan: &ListenerPlan<'_>,
+    config: &Config,
+    groups: &[Group<'_>],
+    clusters: &BTreeMap<Target, String>,
+) -> RouteConfiguration {
+    let virtual_hosts = if config.hosts.is_empty() {
+        vec![catch_all(groups, clusters)]
+    } else {
+        plan.hosts
+            .iter()
+            .map(|host| {
+                let terminates_tls = tls::host_tls(config, host).is_some();
+                let policy = insecure(plan.security_model, terminates_tls, host.insecure_action);
+                virtual_host(host, policy, groups, clusters)
+            })
+            .collect()
+    };
+    RouteConfiguration {
+        name: names::route_config(plan.port),
+        virtual_hosts,
+        metadata: Some(plan.provenance.to_metadata()),
+        ..Default::default()
+    }
+}
+
+/// With no Host at all, Emissary serves every Mapping on `*`.
+fn catch_all(groups: &[Group<'_>], clusters: &BTreeMap<Target, String>) -> VirtualHost {
+    let routes = ordered_routes(groups, &HostPattern::Any, clusters, &[]);
+    VirtualHost {
+        name: "*".to_owned(),
+        domains: vec!["*".to_owned()],
+        routes,
+        metadata: Some(Provenance::builtin("Host", "*").to_metadata()),
+        ..Default::default()
+    }
+}
+
+fn virtual_host(
+    host: &Host,
+    policy: Insecure,
+    groups: &[Group<'_>],
+    clusters: &BTreeMap<Target, String>,
+) -> VirtualHost {
+    let xfp_https = mapping_route::header_matcher(&KeyValueMatch {
+        name: "x-forwarded-proto".to_owned(),
+        value: ValueMatch::Exact("https".to_owned()),
+    });
+    let routes = match policy {
+        Insecure::Serve | Insecure::RequireTls => {
+            ordered_routes(groups, &host.hostname, clusters, &[])
+        }
+        Insecure::RejectUnlessXfpHttps => {
+            let mut routes = ordered_routes(groups, &host.hostname, clusters, &[xfp_https]);
+            routes.push(reject_route());
+            routes
+        }
+        Insecure::RejectAll => vec![reject_route()],
+        Insecure::RedirectAll => vec![https_redirect_route()],
+    };
+    VirtualHost {
+        name: names::qualified(&host.meta.namespace, &host.meta.name),
+        domains: domains(&host.hostname),
+        routes,
+        require_tls: if policy == Insecure::RequireTls {
+            virtual_host::TlsRequirementType::All
+        } else {
+            virtual_host::TlsRequirementType::None
+        } as i32,
+        metadata: Some(Provenance::of(&host.meta).to_metadata()),
+        ..Default::default()
+    }
+}
+
+/// The virtual host's domains: the pattern, and for exact names also `name:*`, so that a
+/// Host header carrying a port still matches. (Envoy allows one wildcard per domain, so a
+/// `*.example.com` Host matches only port-less Host headers.)
+fn domains(pattern: &HostPattern) -> Vec<String> {
+    match pattern {
+        HostPattern::Any => vec!["*".to_owned()],
+        HostPattern::Exact(h) => vec![h.clone(), format!("{h}:*")],
+        HostPattern::Suffix(_) => vec![pattern.as_domain()],
+    }
+}
+
+/// The routes of the groups that attach to a Host with pattern `host`, in Emissary's order.
+fn ordered_routes(
+    groups: &[Group<'_>],
+    host: &HostPattern,
+    clusters: &BTreeMap<Target, String>,
+    extra: &[HeaderMatcher],
+) -> Vec<Route> {
+    let mut attached: Vec<(&Group<'_>, Option<HeaderMatcher>)> = groups
+        .iter()
+        .filter_map(|group| {
+            let mapping = &group.primary().hostname;
+            attaches(mapping, host).then(|| (group, authority_matcher(mapping, host)))
+        })
+        .collect();
+    attached.sort_by(|(a, a_auth), (b, b_auth)| {
+        a.order_key(usize::from(a_auth.is_some()))
+            .cmp(&b.order_key(usize::from(b_auth.is_some())))
+    });
+    attached
+        .into_iter()
+        .map(|(group, authority)| {
+            let mut headers: Vec<HeaderMatcher> = authority.into_iter().collect();
+            headers.extend_from_slice(extra);
+            group.route(clusters, &headers)
+        })
+        .collect()
+}
+
+/// Whether a Mapping with hostname `mapping` belongs on a Host with hostname `host`: when
+/// some request name could match both.
+pub(super) fn attaches(mapping: &HostPattern, host: &HostPattern) -> bool {
+    match (mapping, host) {
+        (HostPattern::Any, _) | (_, HostPattern::Any) => true,
+        (HostPattern::Exact(m), h) => h.matches(m),
+        (m, HostPattern::Exact(h)) => m.matches(h),
+        (HostPattern::Suffix(m), HostPattern::Suffix(h)) => {
+            let (m, h) = (m.to_ascii_lowercase(), h.to_ascii_lowercase());
+            m.ends_with(&h) || h.ends_with(&m)
+        }
+    }
+}
+
+/// An `:authority` match when the Mapping's hostname is narrower than the Host's, so the
+/// Host's other names do not reach the Mapping. Case-insensitive, any port.
+fn authority_matcher(mapping: &HostPattern, host: &HostPattern) -> Option<HeaderMatcher> {
+    let narrower = match (mapping, host) {
+        (HostPattern::Any, _) => false,
+        (_, HostPattern::Any) => true,
+        (HostPattern::Exact(_), HostPattern::Exact(_)) => false,
+        (HostPattern::Suffix(_), HostPattern::Exact(_)) => false,
+        (HostPattern::Exact(_), HostPattern::Suffix(_)) => true,
+        (HostPattern::Suffix(m), HostPattern::Suffix(h)) => m.len() > h.len(),
+    };
+    let name = match mapping {
+        HostPattern::Any => return None,
+        HostPattern::Exact(h) => regex::escape(h),
+        HostPattern::Suffix(s) => format!("[^:]+{}", regex::escape(s)),
+    };
+    narrower.then(|| {
+        mapping_route::header_matcher(&KeyValueMatch {
+            name: ":authority".to_owned(),
+            value: ValueMatch::Regex(format!("(?i){name}(:[0-9]+)?")),
+        })
+    })
+}
+
+fn catch_all_match() -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+        ..Default::default()
+    }
+}
+
+fn reject_route() -> Route {
+    Route {
+        name: "insecure-reject".to_owned(),
+        r#match: Some(catch_all_match()),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 404,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn https_redirect_route() -> Route {
+    Route {
+        name: "insecure-redirect".to_owned(),
+        r#match: Some(catch_all_match()),
+        action: Some(route::Action::Redirect(RedirectAction {
+            scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(
+                true,
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
