@@ -143,13 +143,17 @@ impl NodeEntry {
         }
     }
 
-    pub(crate) fn record_nack(&mut self, nack: NackRecord) {
+    /// Records a NACK; `also_rejected` are further versions (a delta response's
+    /// per-resource versions) never to be sent to this node again.
+    pub(crate) fn record_nack(&mut self, nack: NackRecord, also_rejected: &[String]) {
         let rejected = self.rejected.entry(nack.kind).or_default();
-        if !rejected.contains(&nack.version) {
-            if rejected.len() >= MAX_REJECTED {
-                rejected.pop_front();
+        for version in std::iter::once(&nack.version).chain(also_rejected) {
+            if !rejected.contains(version) {
+                if rejected.len() >= MAX_REJECTED {
+                    rejected.pop_front();
+                }
+                rejected.push_back(version.clone());
             }
-            rejected.push_back(nack.version.clone());
         }
         if self.state.nacks.len() >= MAX_NACKS {
             self.state.nacks.remove(0);

@@ -468,17 +468,34 @@ impl StreamHandle {
     /// `message`. That version is never to be sent to this node again; a canary's NACK of
     /// the rollout's candidate halts the rollout.
     pub fn nacked(&self, kind: ResourceType, version: &str, snapshot: &str, message: &str) {
+        self.nacked_resources(kind, version, &[], snapshot, message);
+    }
+
+    /// Like [`StreamHandle::nacked`], for a delta response: besides the response's
+    /// content `version`, each of its `resource_versions` is never sent to this node
+    /// again (a delta client rejects resources, not whole states).
+    pub fn nacked_resources(
+        &self,
+        kind: ResourceType,
+        version: &str,
+        resource_versions: &[String],
+        snapshot: &str,
+        message: &str,
+    ) {
         let mut inner = self.store.inner.lock();
         let Some(node) = inner.nodes.get_mut(&self.node_id) else {
             return;
         };
-        node.record_nack(NackRecord {
-            kind,
-            version: version.to_owned(),
-            snapshot: snapshot.to_owned(),
-            message: message.to_owned(),
-            at_ms: now_ms(),
-        });
+        node.record_nack(
+            NackRecord {
+                kind,
+                version: version.to_owned(),
+                snapshot: snapshot.to_owned(),
+                message: message.to_owned(),
+                at_ms: now_ms(),
+            },
+            resource_versions,
+        );
         tracing::warn!(node.id = %self.node_id, %kind, version, snapshot, message, "NACK");
         if self.canary
             && inner.rollout.canary_nack(snapshot, &self.node_id, message) == Step::Halted

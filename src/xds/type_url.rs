@@ -49,6 +49,9 @@ mod tests {
         for kind in ResourceType::ALL {
             assert_eq!(parse(of(kind)), Some(kind));
         }
-        assert_eq!(parse("type.googleapis.com/envoy.config.route.v3.VirtualHost"), None);
+        assert_eq!(
+            parse("type.googleapis.com/envoy.config.route.v3.VirtualHost"),
+            None
+        );
     }
 }
