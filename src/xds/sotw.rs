@@ -218,11 +218,15 @@ impl Sotw {
                 st.base = Some(target.clone());
                 continue;
             }
-            let final_sent = st
-                .sent
-                .as_ref()
-                .is_some_and(|s| s.complete && Arc::ptr_eq(&s.snapshot, &target));
-            if final_sent || st.sent.as_ref().is_some_and(|s| s.version == version) {
+            // Up to date when the node was sent either this make-phase set or the final
+            // state (the removals went out already).
+            let up_to_date = st.sent.as_ref().is_some_and(|s| {
+                s.version == version || {
+                    let complete = response_set(kind, st, &target, false);
+                    s.version == set_version(kind, st, &target, &complete)
+                }
+            });
+            if up_to_date {
                 blocked |= st
                     .sent
                     .as_ref()
