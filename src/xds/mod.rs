@@ -1,1 +1,211 @@
-//! xds (to be written).
+//! The ADS server: Envoy nodes get their configuration only from here.
+//!
+//! This is the server half of go-control-plane's cache/server split: it sees only the
+//! [`Store`] API (targets on a `watch` channel, a [`crate::snapshot::StreamHandle`] per
+//! stream to report what was sent, ACKed and rejected), never the translator.
+//!
+//! Both ADS variants are served, following the xDS protocol (envoyproxy api-docs,
+//! `xds_protocol.rst`):
+//! - [`sotw`]: `StreamAggregatedResources`, state of the world;
+//! - [`delta`]: `DeltaAggregatedResources`, incremental.
+//!
+//! Each is a synchronous, I/O-free state machine per stream; `server` runs one task per
+//! stream around it. Rollback safety (DESIGN.md) lives in the machines: a version a node
+//! rejected is never sent to it again, and removals wait until every type is ACKed, so
+//! a node that NACKs keeps what it routes with.
+//!
+//! Start reading at [`serve`], then `server::run_stream`, then `sotw.rs`.
+
+pub mod bootstrap;
+mod delta;
+mod server;
+mod sotw;
+mod subscription;
+pub mod type_url;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::google::protobuf::Any;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::snapshot::{Resource, ResourceType, Store};
+
+/// Errors of the xDS stage.
+///
+/// [`Error::Transport`] may be retried (restart the server); [`Error::InvalidAddress`]
+/// needs a fix from the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gRPC server stopped on a transport failure.
+    #[error("xds server on {addr} failed")]
+    Transport {
+        /// The address it listened on (`?` when unknown).
+        addr: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// An xDS server address is not `HOST:PORT`.
+    #[error("invalid xds address {0:?}: expected HOST:PORT")]
+    InvalidAddress(String),
+}
+
+/// The result type of the xDS stage.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the ADS server treats its streams.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Responses buffered per stream before the stream waits for the node to read
+    /// (default 4, at least 1). Bounds the memory a node that never reads can pin.
+    pub send_buffer: usize,
+    /// Most resource names one request may list (default 100,000); more ends the stream
+    /// with `INVALID_ARGUMENT`.
+    pub max_names: usize,
+    /// Longest resource name accepted, in bytes (default 4096).
+    pub max_name_len: usize,
+    /// Largest request message accepted, in bytes (default 4 MiB).
+    pub max_request_bytes: usize,
+    /// How long a new stream may wait before its first request (default 60 s).
+    pub first_request_timeout: Duration,
+}
+
+/// The per-request limits the protocol machines check.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_names: usize,
+    pub(crate) max_name_len: usize,
+}
+
+// === impl Config ===
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            send_buffer: 4,
+            max_names: 100_000,
+            max_name_len: 4096,
+            max_request_bytes: 4 * 1024 * 1024,
+            first_request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_names: self.max_names,
+            max_name_len: self.max_name_len,
+        }
+    }
+}
+
+/// Serves ADS (SotW and delta) for `store` on `listener` with the default [`Config`],
+/// and drives the store's canary rollout, until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// [`Error::Transport`] when the gRPC server fails.
+///
+/// # Cancellation
+///
+/// Cancelling `shutdown` ends every stream and returns once connections closed.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    serve_with(listener, store, Config::default(), shutdown).await
+}
+
+/// [`serve`] with an explicit [`Config`].
+///
+/// # Errors
+///
+/// [`Error::Transport`] when the gRPC server fails.
+pub async fn serve_with(
+    listener: TcpListener,
+    store: Arc<Store>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|_| "?".to_owned());
+    tracing::info!(%addr, "xds server listening");
+    let rollout = {
+        let (store, token) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move { store.run_rollout(token).await })
+    };
+    let service = AggregatedDiscoveryServiceServer::new(server::AdsService {
+        store,
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(config.max_request_bytes);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
+    rollout.abort();
+    result.map_err(|source| Error::Transport { addr, source })
+}
+
+/// A resource as the `Any` a response carries. The body was encoded once, when the
+/// snapshot was built; this only copies its bytes.
+pub(crate) fn to_any(kind: ResourceType, r: &Resource) -> Any {
+    Any {
+        type_url: type_url::of(kind).to_owned(),
+        value: r.body.to_vec(),
+    }
+}
+
+/// Envoy's NACK message, capped so a node cannot make the store hold megabytes.
+pub(crate) fn nack_message(status: &envoy_types::pb::google::rpc::Status) -> String {
+    const MAX: usize = 4096;
+    let message = &status.message;
+    if message.len() <= MAX {
+        return message.clone();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
+}
+
+/// Rejects absurd resource name lists.
+pub(crate) fn check_names(
+    limits: &Limits,
+    type_url: &str,
+    names: &[String],
+) -> std::result::Result<(), Status> {
+    if names.len() > limits.max_names {
+        return Err(Status::invalid_argument(format!(
+            "request for {type_url} lists {} resource names, more than the limit of {}",
+            names.len(),
+            limits.max_names
+        )));
+    }
+    if let Some(long) = names.iter().find(|n| n.len() > limits.max_name_len) {
+        return Err(Status::invalid_argument(format!(
+            "request for {type_url} names a resource of {} bytes, more than the limit of {} (starts {:?})",
+            long.len(),
+            limits.max_name_len,
+            long.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}

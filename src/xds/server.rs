@@ -1,0 +1,250 @@
+//! The tonic service: one task per ADS stream, driving a [`Sotw`] or [`Delta`] machine.
+//!
+//! Each stream's task selects over the shutdown token, the stream's send buffer, the
+//! node's requests and the store's [`Targets`] channel. It computes a response only
+//! once the bounded send buffer has a free slot, so a node that never reads holds at
+//! most `send_buffer` responses and stalls nobody else; when it reads again it gets the
+//! state of that moment, not a backlog.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::Config;
+use super::delta::Delta;
+use super::sotw::Sotw;
+use crate::snapshot::{Protocol, Snapshot, Store, StreamHandle, Targets};
+
+/// The response stream type of both RPCs.
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The ADS service over a [`Store`].
+#[derive(Debug, Clone)]
+pub(crate) struct AdsService {
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: Config,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// What the stream loop needs of a protocol machine.
+trait Machine: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    fn handle(&self) -> &StreamHandle;
+    fn set_target(&mut self, target: Option<Arc<Snapshot>>);
+    fn on_request(&mut self, req: Self::Request) -> Result<(), Status>;
+    fn next_response(&mut self) -> Option<Self::Response>;
+    fn report_sync(&mut self);
+}
+
+impl Machine for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    fn handle(&self) -> &StreamHandle {
+        Sotw::handle(self)
+    }
+    fn set_target(&mut self, target: Option<Arc<Snapshot>>) {
+        Sotw::set_target(self, target);
+    }
+    fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        Sotw::on_request(self, req)
+    }
+    fn next_response(&mut self) -> Option<DiscoveryResponse> {
+        Sotw::next_response(self)
+    }
+    fn report_sync(&mut self) {
+        Sotw::report_sync(self);
+    }
+}
+
+impl Machine for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    fn handle(&self) -> &StreamHandle {
+        Delta::handle(self)
+    }
+    fn set_target(&mut self, target: Option<Arc<Snapshot>>) {
+        Delta::set_target(self, target);
+    }
+    fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        Delta::on_request(self, req)
+    }
+    fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+        Delta::next_response(self)
+    }
+    fn report_sync(&mut self) {
+        Delta::report_sync(self);
+    }
+}
+
+// === impl AdsService ===
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let config = self.config.clone();
+        let rx = self.spawn_stream(
+            request.into_inner(),
+            Protocol::Sotw,
+            |req: &DiscoveryRequest| req.node.clone(),
+            move |handle| Sotw::new(handle, config.limits()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let config = self.config.clone();
+        let rx = self.spawn_stream(
+            request.into_inner(),
+            Protocol::Delta,
+            |req: &DeltaDiscoveryRequest| req.node.clone(),
+            move |handle| Delta::new(handle, config.limits()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl AdsService {
+    /// Starts the stream's task and returns the receiving end of its send buffer.
+    fn spawn_stream<M: Machine>(
+        &self,
+        inbound: Streaming<M::Request>,
+        protocol: Protocol,
+        node_of: fn(&M::Request) -> Option<Node>,
+        machine: impl FnOnce(StreamHandle) -> M + Send + 'static,
+    ) -> mpsc::Receiver<Result<M::Response, Status>>
+    where
+        M::Request: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        let first_request_timeout = self.config.first_request_timeout;
+        let span = tracing::info_span!("xds stream", ?protocol, node.id = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let mut inbound = inbound;
+                let first = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    first = tokio::time::timeout(first_request_timeout, inbound.next()) => first,
+                };
+                let first = match first {
+                    Ok(Some(Ok(req))) => req,
+                    Ok(Some(Err(status))) => {
+                        tracing::debug!(%status, "stream failed before its first request");
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(_) => {
+                        let _ = tx.try_send(Err(Status::deadline_exceeded(format!(
+                            "no discovery request within {first_request_timeout:?} of opening the stream"
+                        ))));
+                        return;
+                    }
+                };
+                let node = match node_of(&first) {
+                    Some(node) if !node.id.is_empty() => node,
+                    Some(_) => {
+                        let _ = tx.try_send(Err(Status::invalid_argument(
+                            "the first request of the stream has a node with an empty id",
+                        )));
+                        return;
+                    }
+                    None => {
+                        let _ = tx.try_send(Err(Status::invalid_argument(
+                            "the first request of the stream carries no node",
+                        )));
+                        return;
+                    }
+                };
+                tracing::Span::current().record("node.id", node.id.as_str());
+                let handle = store.open_stream(&node, protocol);
+                let targets = store.subscribe();
+                run_stream(machine(handle), first, inbound, tx, targets, shutdown).await;
+            }
+            .instrument(span),
+        );
+        rx
+    }
+}
+
+/// Runs one stream until the node goes away, breaks the protocol, or shutdown.
+async fn run_stream<M: Machine>(
+    mut machine: M,
+    first: M::Request,
+    mut inbound: Streaming<M::Request>,
+    tx: mpsc::Sender<Result<M::Response, Status>>,
+    mut targets: watch::Receiver<Arc<Targets>>,
+    shutdown: CancellationToken,
+) where
+    M::Request: prost::Message + Default,
+{
+    let canary = machine.handle().is_canary();
+    machine.set_target(targets.borrow_and_update().for_node(canary).cloned());
+    if let Err(status) = machine.on_request(first) {
+        let _ = tx.try_send(Err(status));
+        return;
+    }
+    // Nothing to send until a request or a new target says otherwise.
+    let mut idle = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = tx.reserve(), if !idle => {
+                let Ok(permit) = permit else { break };
+                match machine.next_response() {
+                    Some(response) => permit.send(Ok(response)),
+                    None => {
+                        idle = true;
+                        machine.report_sync();
+                    }
+                }
+            }
+            () = tx.closed(), if idle => break,
+            msg = inbound.next() => match msg {
+                Some(Ok(req)) => {
+                    if let Err(status) = machine.on_request(req) {
+                        tracing::info!(%status, "closing stream on a bad request");
+                        let _ = tx.try_send(Err(status));
+                        break;
+                    }
+                    idle = false;
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "stream failed");
+                    break;
+                }
+                None => break,
+            },
+            changed = targets.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                machine.set_target(targets.borrow_and_update().for_node(canary).cloned());
+                idle = false;
+            }
+        }
+    }
+}

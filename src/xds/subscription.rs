@@ -1,0 +1,147 @@
+//! Which resources of one type a stream subscribed to: wildcard, named, or both.
+//!
+//! The rules are the xDS protocol's ("How the client specifies what resources to
+//! return"): a first request with no names is a *legacy* wildcard subscription; `*` is
+//! an explicit wildcard; in state-of-the-world each request replaces the set, in delta
+//! the client subscribes and unsubscribes names. Both protocols share this type so they
+//! cannot drift apart.
+
+use std::collections::BTreeSet;
+
+use crate::snapshot::{Resource, ResourceMap};
+
+/// The explicit wildcard name.
+pub(crate) const WILDCARD: &str = "*";
+
+/// One type's subscription on one stream.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Subscription {
+    wildcard: bool,
+    /// The wildcard came from an empty first request, not from `*`; in SotW a later
+    /// empty request keeps it, a later named one ends it.
+    legacy: bool,
+    names: BTreeSet<String>,
+}
+
+// === impl Subscription ===
+
+impl Subscription {
+    /// Applies a state-of-the-world request's `resource_names`; `first` says it is the
+    /// stream's first request of this type.
+    pub(crate) fn sotw_update(&mut self, first: bool, names: &[String]) {
+        if names.is_empty() {
+            if first || self.legacy {
+                self.wildcard = true;
+                self.legacy = true;
+            } else {
+                // An empty list after named ones unsubscribes from everything.
+                self.wildcard = false;
+            }
+            self.names.clear();
+            return;
+        }
+        self.legacy = false;
+        self.wildcard = names.iter().any(|n| n == WILDCARD);
+        self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+    }
+
+    /// Applies a delta request's subscribe and unsubscribe lists.
+    pub(crate) fn delta_update(
+        &mut self,
+        first: bool,
+        subscribe: &[String],
+        unsubscribe: &[String],
+    ) {
+        if first && subscribe.is_empty() {
+            self.wildcard = true;
+            self.legacy = true;
+        }
+        for name in subscribe {
+            if name == WILDCARD {
+                self.wildcard = true;
+            } else {
+                self.names.insert(name.clone());
+            }
+        }
+        for name in unsubscribe {
+            if name == WILDCARD {
+                self.wildcard = false;
+                self.legacy = false;
+            } else {
+                self.names.remove(name);
+            }
+        }
+    }
+
+    /// Whether the stream wants every resource of the type.
+    pub(crate) fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Whether the stream wants the resource `name`.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The names subscribed explicitly.
+    pub(crate) fn names(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// The resources of `map` the stream wants, each once, in name order.
+    pub(crate) fn select<'a>(
+        &'a self,
+        map: &'a ResourceMap,
+    ) -> Box<dyn Iterator<Item = &'a Resource> + 'a> {
+        if self.wildcard {
+            Box::new(map.values())
+        } else {
+            Box::new(self.names.iter().filter_map(|n| map.get(n)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn sotw_legacy_wildcard_survives_empty_requests_and_ends_with_names() {
+        let mut s = Subscription::default();
+        s.sotw_update(true, &[]);
+        assert!(s.is_wildcard());
+        s.sotw_update(false, &[]);
+        assert!(s.is_wildcard());
+        s.sotw_update(false, &names(&["a"]));
+        assert!(!s.is_wildcard());
+        assert!(s.wants("a") && !s.wants("b"));
+        s.sotw_update(false, &[]);
+        assert!(
+            !s.is_wildcard() && !s.wants("a"),
+            "empty after names unsubscribes all"
+        );
+        s.sotw_update(false, &names(&["*", "x"]));
+        assert!(s.is_wildcard() && s.names().contains("x"));
+    }
+
+    #[test]
+    fn delta_subscribe_and_unsubscribe() {
+        let mut s = Subscription::default();
+        s.delta_update(true, &names(&["a", "b"]), &[]);
+        assert!(!s.is_wildcard());
+        s.delta_update(false, &[], &names(&["a"]));
+        assert!(!s.wants("a") && s.wants("b"));
+        s.delta_update(false, &names(&["*"]), &[]);
+        assert!(s.wants("zzz"));
+        s.delta_update(false, &[], &names(&["*"]));
+        assert!(!s.wants("zzz") && s.wants("b"));
+
+        let mut legacy = Subscription::default();
+        legacy.delta_update(true, &[], &[]);
+        assert!(legacy.is_wildcard());
+    }
+}
