@@ -18,6 +18,7 @@
 mod cluster;
 mod listener;
 pub mod names;
+mod parallel;
 pub mod provenance;
 mod route;
 mod tls;
@@ -79,6 +80,11 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
     }
     let cluster_names = names::clusters(users.keys().copied());
     let groups = route::groups(&config.mappings);
+    // Each group's route, built once; virtual hosts copy it (see `vhost::ordered_routes`).
+    let built: Vec<_> = groups
+        .iter()
+        .map(|g| g.route(&cluster_names, &[]))
+        .collect();
 
     let mut resources = Resources::default();
     let mut secrets = BTreeSet::new();
@@ -87,12 +93,9 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
             secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
         }
         resources.listeners.push(listener::listener(&plan, config));
-        resources.routes.push(vhost::route_configuration(
-            &plan,
-            config,
-            &groups,
-            &cluster_names,
-        ));
+        resources
+            .routes
+            .push(vhost::route_configuration(&plan, config, &groups, &built));
     }
     let (clusters, assignments) = cluster::clusters(config, endpoints, &cluster_names, &users);
     resources.clusters = clusters;
