@@ -349,19 +349,30 @@ fn render(args: &RenderArgs) -> anyhow::Result<u8> {
         return Ok(REJECTED);
     };
     let resources = translate::translate(&config, &Endpoints::default());
-    let document = if args.bootstrap {
-        let admin = args
-            .admin_port
-            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-        render::bootstrap_document(&resources, admin)
-    } else {
-        render::resources_document(&resources)
-    }
-    .with_context(|| format!("rendering {}", args.load.dir.display()))?;
+    drop(config);
     let format = match args.format {
         OutputFormat::Yaml => render::Format::Yaml,
         OutputFormat::Json => render::Format::Json,
     };
+    if !args.bootstrap {
+        // Streamed resource by resource: the whole document of a 10k-Mapping repo would
+        // otherwise be built in memory first.
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        return match render::write_resources(&resources, format, &mut stdout) {
+            Err(render::Error::Write { source })
+                if source.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                Ok(ACCEPTED)
+            }
+            Err(e) => Err(e).with_context(|| format!("rendering {}", args.load.dir.display())),
+            Ok(()) => Ok(ACCEPTED),
+        };
+    }
+    let admin = args
+        .admin_port
+        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    let document = render::bootstrap_document(&resources, admin)
+        .with_context(|| format!("rendering {}", args.load.dir.display()))?;
     let text = render::to_text(&document, format).context("serializing the rendered document")?;
     print_stdout(&text)?;
     Ok(ACCEPTED)

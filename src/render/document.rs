@@ -64,6 +64,89 @@ pub fn resources_document(resources: &Resources) -> Result<Value> {
 /// # Errors
 ///
 /// [`Error`] when a resource does not transcode (a type missing from the descriptor set).
+/// Writes the resources document to `out` one resource at a time: the same document as
+/// [`resources_document`] + [`to_text`], without holding all of it in memory. At 10k
+/// Mappings the whole JSON tree took more memory than everything else `render` does.
+///
+/// # Errors
+///
+/// [`Error::Write`] when `out` fails; the transcoding errors of [`to_json`].
+pub fn write_resources(
+    resources: &Resources,
+    format: Format,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let write = |e| Error::Write { source: e };
+    if format == Format::Json {
+        out.write_all(b"{").map_err(write)?;
+    }
+    write_list(out, format, "clusters", &resources.clusters, true)?;
+    write_list(out, format, "endpoints", &resources.endpoints, false)?;
+    write_list(out, format, "listeners", &resources.listeners, false)?;
+    write_list(out, format, "routes", &resources.routes, false)?;
+    write_list(out, format, "secrets", &resources.secrets, false)?;
+    if format == Format::Json {
+        out.write_all(b"\n}\n").map_err(write)?;
+    }
+    out.flush().map_err(write)
+}
+
+fn write_list<M: prost::Name + prost::Message>(
+    out: &mut impl std::io::Write,
+    format: Format,
+    key: &str,
+    messages: &[M],
+    first: bool,
+) -> Result<()> {
+    let write = |e| Error::Write { source: e };
+    match format {
+        Format::Json => {
+            let separator = if first { "" } else { "," };
+            write!(out, "{separator}\n  \"{key}\": [").map_err(write)?;
+        }
+        Format::Yaml if messages.is_empty() => {
+            return writeln!(out, "{key}: []").map_err(write);
+        }
+        Format::Yaml => writeln!(out, "{key}:").map_err(write)?,
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let mut value = to_json(message)?;
+        redact(&mut value);
+        whole_numbers(&mut value);
+        let text = to_text(&value, format)?;
+        // Nest the item's own text under its list: JSON four spaces in, YAML as a `- ` item.
+        let (first_prefix, rest_prefix) = match format {
+            Format::Json => {
+                let comma = if i == 0 { "" } else { "," };
+                write!(out, "{comma}\n").map_err(write)?;
+                ("    ", "    ")
+            }
+            Format::Yaml => ("- ", "  "),
+        };
+        let lines: Vec<&str> = text.trim_end_matches('\n').lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            let prefix = if n == 0 { first_prefix } else { rest_prefix };
+            let last = n + 1 == lines.len();
+            match format {
+                Format::Json if last => write!(out, "{prefix}{line}"),
+                Format::Json => writeln!(out, "{prefix}{line}"),
+                // Blank lines inside block scalars stay blank (no trailing spaces).
+                Format::Yaml if line.is_empty() => writeln!(out),
+                Format::Yaml => writeln!(out, "{prefix}{line}"),
+            }
+            .map_err(write)?;
+        }
+    }
+    if format == Format::Json {
+        if messages.is_empty() {
+            out.write_all(b"]").map_err(write)?;
+        } else {
+            out.write_all(b"\n  ]").map_err(write)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn bootstrap_document(resources: &Resources, admin: Option<SocketAddr>) -> Result<Value> {
     let mut doc = to_json(&static_bootstrap(resources, admin))?;
     whole_numbers(&mut doc);

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 use prost_reflect::DescriptorPool;
 
 pub use bootstrap::static_bootstrap;
-pub use document::{Format, bootstrap_document, resources_document, to_text};
+pub use document::{Format, bootstrap_document, resources_document, to_text, write_resources};
 pub use json::{from_json, to_json};
 
 /// Rendering failed. None of these is retryable: each means the descriptor set and the
@@ -59,6 +59,13 @@ pub enum Error {
         /// What serde_json (and prost-reflect through it) reported.
         #[source]
         source: serde_json::Error,
+    },
+    /// Writing the rendered text failed (a closed pipe, a full disk).
+    #[error("cannot write the rendered document")]
+    Write {
+        /// What the writer reported.
+        #[source]
+        source: std::io::Error,
     },
     /// The JSON value could not be written as YAML.
     #[error("cannot write the rendered document as YAML")]

@@ -108,3 +108,39 @@ fn whole_doubles_print_as_integers_and_fractions_stay() {
         "provenance lines are integers:\n{text}"
     );
 }
+
+#[test]
+fn the_streamed_document_is_the_same_document() {
+    let resources = example_resources();
+    let doc = resources_document(&resources).expect("renders");
+    let mut json_text = Vec::new();
+    write_resources(&resources, Format::Json, &mut json_text).expect("streams json");
+    let back: serde_json::Value = serde_json::from_slice(&json_text).expect("valid JSON");
+    assert_eq!(back, doc);
+    let mut yaml_text = Vec::new();
+    write_resources(&resources, Format::Yaml, &mut yaml_text).expect("streams yaml");
+    let back: serde_json::Value = serde_saphyr::from_slice(&yaml_text).expect("valid YAML");
+    assert_eq!(back, doc);
+    // Private keys stay out of the streamed form too.
+    let key_line = KEY.lines().nth(1).expect("a key body line");
+    assert!(!String::from_utf8_lossy(&yaml_text).contains(key_line));
+    assert!(!String::from_utf8_lossy(&json_text).contains(key_line));
+}
+
+#[test]
+fn empty_resources_stream_as_empty_lists() {
+    let empty = Resources::default();
+    for format in [Format::Json, Format::Yaml] {
+        let mut text = Vec::new();
+        write_resources(&empty, format, &mut text).expect("streams");
+        let back: serde_json::Value = match format {
+            Format::Json => serde_json::from_slice(&text).expect("json"),
+            Format::Yaml => serde_saphyr::from_slice(&text).expect("yaml"),
+        };
+        assert_eq!(
+            back,
+            resources_document(&empty).expect("renders"),
+            "{format:?}"
+        );
+    }
+}
