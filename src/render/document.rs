@@ -118,7 +118,7 @@ fn write_list<M: prost::Name + prost::Message>(
         let (first_prefix, rest_prefix) = match format {
             Format::Json => {
                 let comma = if i == 0 { "" } else { "," };
-                write!(out, "{comma}\n").map_err(write)?;
+                writeln!(out, "{comma}").map_err(write)?;
                 ("    ", "    ")
             }
             Format::Yaml => ("- ", "  "),
