@@ -65,8 +65,10 @@ pub fn resources_document(resources: &Resources) -> Result<Value> {
 ///
 /// [`Error`] when a resource does not transcode (a type missing from the descriptor set).
 /// Writes the resources document to `out` one resource at a time: the same document as
-/// [`resources_document`] + [`to_text`], without holding all of it in memory. At 10k
-/// Mappings the whole JSON tree took more memory than everything else `render` does.
+/// [`resources_document`] + [`to_text`], without holding all of it in memory. Route
+/// configurations go one virtual host and one route at a time: at 10k Mappings a single
+/// RouteConfiguration as a dynamic message took more memory than everything else
+/// `render` does.
 ///
 /// # Errors
 ///
@@ -76,75 +78,230 @@ pub fn write_resources(
     format: Format,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    let write = |e| Error::Write { source: e };
-    if format == Format::Json {
-        out.write_all(b"{").map_err(write)?;
-    }
-    write_list(out, format, "clusters", &resources.clusters, true)?;
-    write_list(out, format, "endpoints", &resources.endpoints, false)?;
-    write_list(out, format, "listeners", &resources.listeners, false)?;
-    write_list(out, format, "routes", &resources.routes, false)?;
-    write_list(out, format, "secrets", &resources.secrets, false)?;
-    if format == Format::Json {
-        out.write_all(b"\n}\n").map_err(write)?;
-    }
-    out.flush().map_err(write)
+    let mut emit = Emitter { out, format };
+    emit.raw(if format == Format::Json { "{" } else { "" })?;
+    emit.list("clusters", 0, true, &resources.clusters, |e, m, i| {
+        e.whole(m, i)
+    })?;
+    emit.list("endpoints", 0, false, &resources.endpoints, |e, m, i| {
+        e.whole(m, i)
+    })?;
+    emit.list("listeners", 0, false, &resources.listeners, |e, m, i| {
+        e.whole(m, i)
+    })?;
+    emit.list("routes", 0, false, &resources.routes, |e, config, item| {
+        // RouteConfiguration.virtual_hosts is field 2, VirtualHost.routes field 3.
+        e.split(
+            config,
+            2,
+            "virtual_hosts",
+            &config.virtual_hosts,
+            item,
+            |e, vhost, item| {
+                e.split(vhost, 3, "routes", &vhost.routes, item, |e, route, item| {
+                    e.whole(route, item)
+                })
+            },
+        )
+    })?;
+    emit.list("secrets", 0, false, &resources.secrets, |e, m, i| {
+        e.whole(m, i)
+    })?;
+    emit.raw(if format == Format::Json { "\n}\n" } else { "" })?;
+    emit.out.flush().map_err(|source| Error::Write { source })
 }
 
-fn write_list<M: prost::Name + prost::Message>(
-    out: &mut impl std::io::Write,
-    format: Format,
-    key: &str,
-    messages: &[M],
+/// Where a list item goes: its depth (in list levels) and whether it is its list's first.
+#[derive(Clone, Copy)]
+struct Item {
+    depth: usize,
     first: bool,
-) -> Result<()> {
-    let write = |e| Error::Write { source: e };
-    match format {
-        Format::Json => {
-            let separator = if first { "" } else { "," };
-            write!(out, "{separator}\n  \"{key}\": [").map_err(write)?;
-        }
-        Format::Yaml if messages.is_empty() => {
-            return writeln!(out, "{key}: []").map_err(write);
-        }
-        Format::Yaml => writeln!(out, "{key}:").map_err(write)?,
+}
+
+/// Writes nested lists of resources as indented YAML or pretty JSON text, one small
+/// [`Value`] at a time.
+struct Emitter<'w, W> {
+    out: &'w mut W,
+    format: Format,
+}
+
+impl<W: std::io::Write> Emitter<'_, W> {
+    fn raw(&mut self, text: &str) -> Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(|source| Error::Write { source })
     }
-    for (i, message) in messages.iter().enumerate() {
-        let mut value = to_json(message)?;
-        redact(&mut value);
-        whole_numbers(&mut value);
-        let text = to_text(&value, format)?;
-        // Nest the item's own text under its list: JSON four spaces in, YAML as a `- ` item.
-        let (first_prefix, rest_prefix) = match format {
-            Format::Json => {
-                let comma = if i == 0 { "" } else { "," };
-                writeln!(out, "{comma}").map_err(write)?;
-                ("    ", "    ")
-            }
-            Format::Yaml => ("- ", "  "),
-        };
-        let lines: Vec<&str> = text.trim_end_matches('\n').lines().collect();
-        for (n, line) in lines.iter().enumerate() {
-            let prefix = if n == 0 { first_prefix } else { rest_prefix };
-            let last = n + 1 == lines.len();
-            match format {
-                Format::Json if last => write!(out, "{prefix}{line}"),
-                Format::Json => writeln!(out, "{prefix}{line}"),
-                // Blank lines inside block scalars stay blank (no trailing spaces).
-                Format::Yaml if line.is_empty() => writeln!(out),
-                Format::Yaml => writeln!(out, "{prefix}{line}"),
-            }
-            .map_err(write)?;
+
+    /// Indentation of the fields of an item at `depth`.
+    fn field_indent(&self, depth: usize) -> String {
+        match self.format {
+            // Top-level lists sit at 0; each nested list's items two deeper than its key.
+            Format::Yaml => " ".repeat(depth * 4 + 2),
+            // `{"key": [` at 2, items at 4, their fields at 6; nested lists likewise.
+            Format::Json => " ".repeat(depth * 4 + 6),
         }
     }
-    if format == Format::Json {
-        if messages.is_empty() {
-            out.write_all(b"]").map_err(write)?;
+
+    /// `key: [items]` at `depth` (0 for the document's own keys, otherwise inside the
+    /// object an item at `depth - 1` opened).
+    fn list<T>(
+        &mut self,
+        key: &str,
+        depth: usize,
+        first: bool,
+        items: &[T],
+        mut each: impl FnMut(&mut Self, &T, Item) -> Result<()>,
+    ) -> Result<()> {
+        let indent = if depth == 0 {
+            match self.format {
+                Format::Yaml => String::new(),
+                Format::Json => "  ".to_owned(),
+            }
         } else {
-            out.write_all(b"\n  ]").map_err(write)?;
+            self.field_indent(depth - 1)
+        };
+        match self.format {
+            Format::Json => {
+                let separator = if first { "" } else { "," };
+                self.raw(&format!("{separator}\n{indent}\"{key}\": ["))?;
+            }
+            Format::Yaml if items.is_empty() => {
+                return self.raw(&format!("{indent}{key}: []\n"));
+            }
+            Format::Yaml => self.raw(&format!("{indent}{key}:\n"))?,
         }
+        for (i, item) in items.iter().enumerate() {
+            each(
+                self,
+                item,
+                Item {
+                    depth,
+                    first: i == 0,
+                },
+            )?;
+        }
+        if self.format == Format::Json {
+            if items.is_empty() {
+                self.raw("]")?;
+            } else {
+                self.raw(&format!("\n{indent}]"))?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// One message, whole, as a list item.
+    fn whole<M: prost::Name + prost::Message>(&mut self, message: &M, at: Item) -> Result<()> {
+        let value = prepared(to_json(message)?);
+        self.item_lines(&value, at, false)
+    }
+
+    /// One message as a list item, with its big repeated field `field` (JSON name `key`)
+    /// written item by item after the rest.
+    fn split<M: prost::Name + prost::Message, T>(
+        &mut self,
+        message: &M,
+        field: u32,
+        key: &str,
+        items: &[T],
+        at: Item,
+        each: impl FnMut(&mut Self, &T, Item) -> Result<()>,
+    ) -> Result<()> {
+        let shell = prepared(super::json::to_json_without(message, field)?);
+        if items.is_empty() {
+            // As in the in-memory document: an empty repeated field is not printed.
+            return self.item_lines(&shell, at, false);
+        }
+        let has_fields = shell.as_object().is_some_and(|o| !o.is_empty());
+        self.item_lines(&shell, at, true)?;
+        if self.format == Format::Yaml && !has_fields {
+            // The item has no other field: the list's key starts the item itself.
+            let dash = format!("{}- ", " ".repeat(at.depth * 4));
+            self.raw(&dash)?;
+            return self.list_after_dash(key, at, items, each);
+        }
+        self.list(key, at.depth + 1, !has_fields, items, each)?;
+        if self.format == Format::Json {
+            let close = format!("\n{}}}", " ".repeat(at.depth * 4 + 4));
+            self.raw(&close)?;
+        }
+        Ok(())
+    }
+
+    /// YAML only: `- key:` with the list items below, for an item whose only field is the list.
+    fn list_after_dash<T>(
+        &mut self,
+        key: &str,
+        at: Item,
+        items: &[T],
+        mut each: impl FnMut(&mut Self, &T, Item) -> Result<()>,
+    ) -> Result<()> {
+        if items.is_empty() {
+            return self.raw(&format!("{key}: []\n"));
+        }
+        self.raw(&format!("{key}:\n"))?;
+        let depth = at.depth + 1;
+        for (i, item) in items.iter().enumerate() {
+            each(
+                self,
+                item,
+                Item {
+                    depth,
+                    first: i == 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `value` as list item `at`. With `open`, a JSON object is left open (no closing
+    /// brace, so fields can follow) and an empty YAML object writes nothing.
+    fn item_lines(&mut self, value: &Value, at: Item, open: bool) -> Result<()> {
+        let text = to_text(value, self.format)?;
+        let mut lines: Vec<&str> = text.trim_end_matches('\n').lines().collect();
+        match self.format {
+            Format::Json => {
+                let item_indent = " ".repeat(at.depth * 4 + 4);
+                self.raw(if at.first { "\n" } else { ",\n" })?;
+                if open {
+                    // Drop the closing brace; `{}` becomes a bare `{`.
+                    if lines.len() == 1 {
+                        lines = vec!["{"];
+                    } else {
+                        lines.pop();
+                    }
+                }
+                for (n, line) in lines.iter().enumerate() {
+                    let newline = if n + 1 < lines.len() { "\n" } else { "" };
+                    self.raw(&format!("{item_indent}{line}{newline}"))?;
+                }
+            }
+            Format::Yaml => {
+                if open && value.as_object().is_some_and(|o| o.is_empty()) {
+                    return Ok(());
+                }
+                let dash = format!("{}- ", " ".repeat(at.depth * 4));
+                let rest = " ".repeat(at.depth * 4 + 2);
+                for (n, line) in lines.iter().enumerate() {
+                    let prefix = if n == 0 { dash.as_str() } else { rest.as_str() };
+                    if line.is_empty() {
+                        // Blank lines inside block scalars stay blank (no trailing spaces).
+                        self.raw("\n")?;
+                    } else {
+                        self.raw(&format!("{prefix}{line}\n"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A resource as people read it: no private keys, whole numbers without `.0`.
+fn prepared(mut value: Value) -> Value {
+    redact(&mut value);
+    whole_numbers(&mut value);
+    value
 }
 
 pub fn bootstrap_document(resources: &Resources, admin: Option<SocketAddr>) -> Result<Value> {

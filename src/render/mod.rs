@@ -28,7 +28,7 @@ use prost_reflect::DescriptorPool;
 
 pub use bootstrap::static_bootstrap;
 pub use document::{Format, bootstrap_document, resources_document, to_text, write_resources};
-pub use json::{from_json, to_json};
+pub use json::{from_json, to_json, to_json_without};
 
 /// Rendering failed. None of these is retryable: each means the descriptor set and the
 /// messages disagree (a build problem: a `.proto` file missing from `build.rs`) or the
@@ -49,6 +49,14 @@ pub enum Error {
         /// What prost reported.
         #[source]
         source: prost::DecodeError,
+    },
+    /// The message's encoding could not be walked field by field.
+    #[error("malformed encoding of {type_name}: {reason}")]
+    Malformed {
+        /// The full protobuf name of the message.
+        type_name: String,
+        /// What was wrong.
+        reason: String,
     },
     /// Transcoding to or from JSON failed, for instance on an `Any` whose type URL names a
     /// type the descriptor set lacks, or JSON that does not fit the message.

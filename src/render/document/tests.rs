@@ -144,3 +144,45 @@ fn empty_resources_stream_as_empty_lists() {
         );
     }
 }
+
+#[test]
+fn route_configurations_stream_with_empty_and_bare_virtual_hosts() {
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+    let route = |name: &str| Route {
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    let resources = Resources {
+        routes: vec![
+            RouteConfiguration::default(),
+            RouteConfiguration {
+                name: "rc".to_owned(),
+                virtual_hosts: vec![
+                    VirtualHost::default(),
+                    VirtualHost {
+                        routes: vec![Route::default(), route("a")],
+                        ..Default::default()
+                    },
+                    VirtualHost {
+                        name: "named".to_owned(),
+                        domains: vec!["*".to_owned()],
+                        routes: vec![route("b"), route("c")],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let doc = resources_document(&resources).expect("renders");
+    for format in [Format::Json, Format::Yaml] {
+        let mut text = Vec::new();
+        write_resources(&resources, format, &mut text).expect("streams");
+        let back: serde_json::Value = match format {
+            Format::Json => serde_json::from_slice(&text).expect("json"),
+            Format::Yaml => serde_saphyr::from_slice(&text).expect("yaml"),
+        };
+        assert_eq!(back, doc, "{format:?}:\n{}", String::from_utf8_lossy(&text));
+    }
+}
