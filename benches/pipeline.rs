@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench pipeline`; figures go in BENCHMARKS.md.
 
+// The allocator the `attache` binary uses, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
