@@ -14,6 +14,7 @@
 pub mod config;
 pub mod endpoints;
 pub mod render;
+pub mod serve;
 pub mod snapshot;
 pub mod translate;
 pub mod xds;

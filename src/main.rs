@@ -39,12 +39,21 @@ These commands work on a directory of YAML files, with no Envoy or cluster neede
   validate  check a config directory, report every problem as file:line:col
   render    print the Envoy resources a config directory becomes
 
+These run the control plane:
+
+  serve      serve a config directory to Envoy nodes over xDS (ADS, SotW and delta)
+  bootstrap  print an Envoy bootstrap that points at attache
+
 Examples:
 
   attache validate example-repo
   attache validate --format json deploy/gateway > report.json
   attache render example-repo --format json
   attache render example-repo --bootstrap --admin-port 9901 --secrets-dir /run/secrets > envoy.yaml
+  envoy -c envoy.yaml
+
+  attache serve --dir example-repo --xds-addr 127.0.0.1:18000 &
+  attache bootstrap --node-id edge-1 --cluster edge --xds-address 127.0.0.1:18000 > envoy.yaml
   envoy -c envoy.yaml
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=attache=debug) to see more.";
@@ -92,6 +101,40 @@ Examples:
   attache render example-repo --format json | jq '.routes[].virtual_hosts[].domains'
   attache render example-repo --bootstrap --admin-port 9901 > envoy.yaml";
 
+const SERVE_ABOUT: &str = "\
+Serves the configuration in DIR to Envoy nodes over gRPC ADS (state of the world and
+delta), on --xds-addr.
+
+At start the last good snapshot is loaded from --state-dir and served at once, so nodes
+that reconnect keep their configuration even if DIR is unavailable. Then DIR is read,
+validated and translated; a revision with errors is rejected whole (unless
+--allow-partial) and the previous snapshot keeps serving. While DIR is missing or
+rejected it is retried (5 s, doubling up to 60 s). attache exits with an error only when
+it has neither a usable DIR nor a persisted snapshot.
+
+Each revision's version is the SHA-256 of the directory's content, so identical content
+(a revert, another replica) gives identical versions and no needless push.
+
+With --canary, a new snapshot goes to the matching nodes first; once every connected
+canary has ACKed it and --canary-bake has passed without a NACK, it goes to all nodes. A
+canary NACK halts the rollout: the fleet stays on the previous version.
+
+Examples:
+
+  attache serve --dir example-repo
+  attache serve --dir /config --secrets-dir /run/secrets --xds-addr 0.0.0.0:18000 \\
+      --canary metadata.canary=true --canary-bake 30s";
+
+const BOOTSTRAP_ABOUT: &str = "\
+Prints an Envoy bootstrap that gets listeners and clusters (and through them routes,
+endpoints and secrets) from attache over ADS. Run Envoy on it:
+
+  attache bootstrap --node-id edge-1 --cluster edge --xds-address 127.0.0.1:18000 \\
+      --admin-port 9901 > envoy.yaml
+  envoy -c envoy.yaml
+
+--metadata KEY=VALUE sets node metadata, which `serve --canary metadata.KEY=VALUE` matches.";
+
 #[derive(Debug, Parser)]
 #[command(name = "attache", version, about = "A GitOps control plane for Envoy", long_about = LONG_ABOUT)]
 struct Cli {
@@ -110,6 +153,90 @@ enum Command {
     /// Print the Envoy resources (or a static Envoy bootstrap) a config directory becomes.
     #[command(long_about = RENDER_ABOUT)]
     Render(RenderArgs),
+    /// Serve a config directory to Envoy nodes over xDS.
+    #[command(long_about = SERVE_ABOUT)]
+    Serve(ServeArgs),
+    /// Print an Envoy bootstrap that points at attache.
+    #[command(long_about = BOOTSTRAP_ABOUT)]
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The config directory (a checkout of the gateway repo, or a mounted ConfigMap).
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// Where the ADS server listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
+    xds_addr: SocketAddr,
+    /// Where the last good snapshot is kept across restarts.
+    #[arg(long, value_name = "DIR", default_value = ".attache-state")]
+    state_dir: PathBuf,
+    /// Nodes that get new snapshots first: `metadata.KEY=VALUE` or `cluster=NAME`.
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_canary)]
+    canary: Option<attache::snapshot::CanarySelector>,
+    /// How long canaries must hold a new snapshot without a NACK before all nodes get it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    canary_bake: std::time::Duration,
+    /// Where TLS secrets are: NAME/tls.crt and NAME/tls.key for each secret NAME.
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// Leave out invalid resources instead of rejecting the whole revision.
+    #[arg(long)]
+    allow_partial: bool,
+}
+
+#[derive(Debug, Args)]
+struct BootstrapArgs {
+    /// The node id Envoy reports (unique per Envoy).
+    #[arg(long, value_name = "ID")]
+    node_id: String,
+    /// The node's cluster (the fleet it belongs to).
+    #[arg(long, value_name = "NAME")]
+    cluster: String,
+    /// attache's xDS address, HOST:PORT (a name is resolved by Envoy with DNS).
+    #[arg(long, value_name = "HOST:PORT")]
+    xds_address: String,
+    /// Use incremental (delta) xDS instead of state of the world.
+    #[arg(long)]
+    delta: bool,
+    /// Envoy's admin interface port, on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 9901)]
+    admin_port: u16,
+    /// Node metadata, KEY=VALUE (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    metadata: Vec<(String, String)>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Yaml)]
+    format: OutputFormat,
+}
+
+fn parse_canary(text: &str) -> Result<attache::snapshot::CanarySelector, String> {
+    attache::snapshot::CanarySelector::try_new(text).map_err(|e| e.to_string())
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// `500ms`, `10s`, `2m`, or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 10s, 500ms or 2m, got {text:?}"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
+    }
 }
 
 /// What `validate` and `render` share: where the config is and how to load it.
@@ -175,10 +302,18 @@ const CANNOT_RUN: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // A daemon says what it is doing; one-shot commands only what went wrong.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_format, default_level);
     let result = match &cli.command {
         Command::Validate(args) => validate(args),
         Command::Render(args) => render(args),
+        Command::Serve(args) => serve(args),
+        Command::Bootstrap(args) => bootstrap(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -189,9 +324,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -334,6 +469,78 @@ fn summary(loaded: &Loaded) -> String {
     } else {
         format!("ok: revision accepted: {counted}")
     }
+}
+
+// === serve ===
+
+fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
+    let config = attache::serve::ServeConfig {
+        dir: args.dir.clone(),
+        xds_addr: args.xds_addr,
+        state_dir: args.state_dir.clone(),
+        canary: args.canary.clone(),
+        canary_bake: args.canary_bake,
+        load: config::Options {
+            policy: if args.allow_partial {
+                Policy::SkipInvalid
+            } else {
+                Policy::RejectRevision
+            },
+            secrets_dir: args.secrets_dir.clone(),
+            ..Default::default()
+        },
+        retry: std::time::Duration::from_secs(5),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signals.cancel();
+        });
+        attache::serve::run(config, shutdown).await
+    })?;
+    Ok(ACCEPTED)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (Kubernetes stopping the pod).
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+// === bootstrap ===
+
+fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<u8> {
+    let bootstrap =
+        attache::xds::bootstrap::ads_bootstrap(&attache::xds::bootstrap::BootstrapConfig {
+            node_id: args.node_id.clone(),
+            cluster: args.cluster.clone(),
+            metadata: args.metadata.iter().cloned().collect(),
+            xds_address: args.xds_address.clone(),
+            delta: args.delta,
+            admin_port: args.admin_port,
+        })?;
+    let format = match args.format {
+        OutputFormat::Yaml => render::Format::Yaml,
+        OutputFormat::Json => render::Format::Json,
+    };
+    let value = render::to_json(&bootstrap).context("rendering the bootstrap")?;
+    let text = render::to_text(&value, format).context("serializing the bootstrap")?;
+    print_stdout(&text)?;
+    Ok(ACCEPTED)
 }
 
 // === render ===
