@@ -418,3 +418,38 @@ async fn a_node_that_never_reads_does_not_stall_others() {
         "{received} responses: a backlog, not the latest state"
     );
 }
+
+#[tokio::test]
+async fn responses_in_flight_are_bounded_across_the_fleet() {
+    // One slot for the whole server: B's response waits until A answers its own.
+    let config = attache::xds::Config {
+        max_in_flight: 1,
+        ..attache::xds::Config::default()
+    };
+    let server = Server::start_with(
+        std::sync::Arc::new(attache::snapshot::Store::new(StoreConfig::default())),
+        config,
+    )
+    .await;
+    server.publish(base("r1")).await;
+    let mut a = SotwClient::connect(server.addr, node("a")).await;
+    a.request(CLUSTER, &[], "", "").await;
+    let ra = a.recv().await;
+
+    let mut b = SotwClient::connect(server.addr, node("b")).await;
+    b.request(CLUSTER, &[], "", "").await;
+    server
+        .until("b's stream opened", |s| s.node("b").is_some())
+        .await;
+    // Give b's stream every chance to (wrongly) send; bounded, and only ever a false pass.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b_state = server.store.node("b").expect("b is known");
+    assert!(
+        b_state.types.values().all(|t| t.sent.is_none()),
+        "b was sent a response while a's was unanswered: {b_state:?}"
+    );
+
+    a.ack(&ra, &[]).await;
+    let rb = b.recv().await;
+    assert_eq!(names(&rb), ["a", "b"]);
+}

@@ -74,6 +74,12 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// How long a new stream may wait before its first request (default 60 s).
     pub first_request_timeout: Duration,
+    /// Most responses in flight across all streams: sent, not yet answered by an ACK or
+    /// NACK (default 512). Every stream holds its own encoded copy of a response until
+    /// the node reads it, so pushing a large snapshot to 10k nodes at once would hold 10k
+    /// copies; with this bound memory follows the limit, not the fleet size, and nodes
+    /// are served in turn (as Istio's push throttle does).
+    pub max_in_flight: usize,
 }
 
 /// The per-request limits the protocol machines check.
@@ -93,6 +99,7 @@ impl Default for Config {
             max_name_len: 4096,
             max_request_bytes: 4 * 1024 * 1024,
             first_request_timeout: Duration::from_secs(60),
+            max_in_flight: 512,
         }
     }
 }
@@ -148,6 +155,7 @@ pub async fn serve_with(
         store,
         config: config.clone(),
         shutdown: shutdown.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
     })
     .max_decoding_message_size(config.max_request_bytes);
     let result = tonic::transport::Server::builder()

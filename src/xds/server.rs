@@ -6,6 +6,7 @@
 //! most `send_buffer` responses and stalls nobody else; when it reads again it gets the
 //! state of that moment, not a backlog.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -35,6 +36,8 @@ pub(crate) struct AdsService {
     pub(crate) store: Arc<Store>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
+    /// Fleet-wide slots for responses in flight ([`Config::max_in_flight`]).
+    pub(crate) in_flight: Arc<Semaphore>,
 }
 
 /// What the stream loop needs of a protocol machine.
@@ -46,6 +49,8 @@ trait Machine: Send + 'static {
     fn on_request(&mut self, req: Self::Request) -> Result<(), Status>;
     fn next_response(&mut self) -> Option<Self::Response>;
     fn report_sync(&mut self);
+    /// Whether the request answers a response (carries its nonce): an ACK or a NACK.
+    fn answers(req: &Self::Request) -> bool;
 }
 
 impl Machine for Sotw {
@@ -66,6 +71,9 @@ impl Machine for Sotw {
     fn report_sync(&mut self) {
         Sotw::report_sync(self);
     }
+    fn answers(req: &DiscoveryRequest) -> bool {
+        !req.response_nonce.is_empty()
+    }
 }
 
 impl Machine for Delta {
@@ -85,6 +93,9 @@ impl Machine for Delta {
     }
     fn report_sync(&mut self) {
         Delta::report_sync(self);
+    }
+    fn answers(req: &DeltaDiscoveryRequest) -> bool {
+        !req.response_nonce.is_empty()
     }
 }
 
@@ -139,6 +150,7 @@ impl AdsService {
         let (tx, rx) = mpsc::channel(self.config.send_buffer.max(1));
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
+        let in_flight = self.in_flight.clone();
         let first_request_timeout = self.config.first_request_timeout;
         let span = tracing::info_span!("xds stream", ?protocol, node.id = tracing::field::Empty);
         tokio::spawn(
@@ -181,7 +193,8 @@ impl AdsService {
                 tracing::Span::current().record("node.id", node.id.as_str());
                 let handle = store.open_stream(&node, protocol);
                 let targets = store.subscribe();
-                run_stream(machine(handle), first, inbound, tx, targets, shutdown).await;
+                run_stream(machine(handle), first, inbound, tx, targets, in_flight, shutdown)
+                    .await;
             }
             .instrument(span),
         );
@@ -196,6 +209,7 @@ async fn run_stream<M: Machine>(
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<M::Response, Status>>,
     mut targets: watch::Receiver<Arc<Targets>>,
+    in_flight: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) where
     M::Request: prost::Message + Default,
@@ -208,16 +222,30 @@ async fn run_stream<M: Machine>(
     }
     // Nothing to send until a request or a new target says otherwise.
     let mut idle = false;
+    // A fleet-wide slot for the next response, taken before it is built.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
+    // Slots of responses sent and not yet answered, released as ACKs and NACKs arrive
+    // (in order: the node answers each response once). Soft by design: a request that
+    // changes a subscription also carries a nonce and frees one early.
+    let mut unanswered: VecDeque<OwnedSemaphorePermit> = VecDeque::new();
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            permit = tx.reserve(), if !idle => {
+            acquired = in_flight.clone().acquire_owned(), if !idle && slot.is_none() => {
+                let Ok(acquired) = acquired else { break };
+                slot = Some(acquired);
+            }
+            permit = tx.reserve(), if !idle && slot.is_some() => {
                 let Ok(permit) = permit else { break };
                 match machine.next_response() {
-                    Some(response) => permit.send(Ok(response)),
+                    Some(response) => {
+                        permit.send(Ok(response));
+                        unanswered.extend(slot.take());
+                    }
                     None => {
                         idle = true;
+                        slot = None;
                         machine.report_sync();
                     }
                 }
@@ -225,6 +253,9 @@ async fn run_stream<M: Machine>(
             () = tx.closed(), if idle => break,
             msg = inbound.next() => match msg {
                 Some(Ok(req)) => {
+                    if M::answers(&req) {
+                        unanswered.pop_front();
+                    }
                     if let Err(status) = machine.on_request(req) {
                         tracing::info!(%status, "closing stream on a bad request");
                         let _ = tx.try_send(Err(status));

@@ -1,0 +1,394 @@
+//! ADS fan-out load tool (issue 3, "Speed"): N simulated Envoy nodes on one attache.
+//!
+//! The server runs in a child process (this binary with `--role server`), so its RSS is
+//! attache's alone. The parent opens `--streams` state-of-the-world ADS streams over
+//! `--streams / 100` HTTP/2 connections; each stream is one node that subscribes like
+//! Envoy (CDS and LDS wildcard, then EDS and RDS for the names those name) and ACKs every
+//! response. Once every node holds the first snapshot, the parent asks the server to
+//! publish a changed one (one more Mapping: new cluster, assignment and routes); the
+//! server times publish -> every node synced (all types ACKed at the new snapshot, from
+//! its own per-node state, polled every 10 ms) and reports its RSS and how many resources
+//! it encoded.
+//!
+//! ```sh
+//! cargo run --release --example xds_load -- --streams 10000 --mappings 500
+//! ```
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use attache::config::{self, SourceFile};
+use attache::endpoints::Endpoints;
+use attache::snapshot::{self, Snapshot, Store, StoreConfig};
+use attache::translate;
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::{Message, Name};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[path = "../benches/support/generate.rs"]
+mod generate;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, value_enum, default_value_t = Role::Driver)]
+    role: Role,
+    /// Simulated nodes, one ADS stream each.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Generated Mappings in the snapshot; each becomes two routes (its Host and `*`).
+    #[arg(long, default_value_t = 500)]
+    mappings: usize,
+    /// Streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 100)]
+    per_connection: usize,
+    /// The server's fleet-wide bound on responses in flight (`xds::Config::max_in_flight`).
+    #[arg(long, default_value_t = attache::xds::Config::default().max_in_flight)]
+    max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Role {
+    Driver,
+    Server,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.role {
+        Role::Server => runtime.block_on(server(args)),
+        Role::Driver => runtime.block_on(driver(args)),
+    }
+}
+
+// === server (child process) ===
+
+fn snapshot_of(mappings: usize) -> Result<(Snapshot, usize), Box<dyn std::error::Error>> {
+    let files: Vec<SourceFile> = generate::repo(mappings)
+        .into_iter()
+        .map(|(path, text)| SourceFile {
+            path,
+            bytes: text.into_bytes(),
+        })
+        .collect();
+    let (config, _) = config::load_files(&files, &config::Options::default()).into_result()?;
+    let resources = translate::translate(&config, &Endpoints::default());
+    let routes = resources
+        .routes
+        .iter()
+        .flat_map(|r| &r.virtual_hosts)
+        .map(|v| v.routes.len())
+        .sum();
+    Ok((
+        Snapshot::new(&format!("load-{mappings}"), 0, &resources)?,
+        routes,
+    ))
+}
+
+/// `(VmRSS, VmHWM)` in KiB.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Polls the store until `expect` nodes hold `version`; returns how long that took.
+async fn wait_synced(
+    store: &Store,
+    version: &str,
+    expect: usize,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let synced = store
+            .nodes()
+            .iter()
+            .filter(|n| n.synced_snapshot.as_deref() == Some(version))
+            .count();
+        if synced >= expect {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(Store::new(StoreConfig::default()));
+    let (first, routes) = snapshot_of(args.mappings)?;
+    let first = store.publish(first).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = attache::xds::Config {
+        max_in_flight: args.max_in_flight,
+        ..attache::xds::Config::default()
+    };
+    tokio::spawn(attache::xds::serve_with(
+        listener,
+        store.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    println!("port {port} routes {routes} resources {}", first.len());
+
+    let (tx, mut lines) = mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let limit = Duration::from_secs(300);
+    let mut current = first;
+    while let Some(line) = lines.recv().await {
+        match line.trim() {
+            "wait" => {
+                let took = wait_synced(&store, current.version(), args.streams, limit).await;
+                let (rss, hwm) = memory();
+                println!(
+                    "synced ok={} ms={} rss_kb={rss} hwm_kb={hwm}",
+                    took.is_some(),
+                    took.map_or(0, |d| d.as_millis())
+                );
+            }
+            "publish" => {
+                let (next, _) = snapshot_of(args.mappings + 1)?;
+                let encoded_before = snapshot::encoded_resources();
+                let resources = next.len() as u64;
+                let start = Instant::now();
+                current = store.publish(next).await?;
+                let took = wait_synced(&store, current.version(), args.streams, limit).await;
+                let elapsed = start.elapsed();
+                let (rss, hwm) = memory();
+                println!(
+                    "published ok={} ms={} rss_kb={rss} hwm_kb={hwm} encoded_in_snapshot={resources} \
+                     encoded_while_serving={}",
+                    took.is_some(),
+                    elapsed.as_millis(),
+                    snapshot::encoded_resources() - encoded_before
+                );
+            }
+            _ => break,
+        }
+        std::io::stdout().flush()?;
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+// === driver (parent process): the simulated nodes ===
+
+async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["--role", "server", "--streams", &args.streams.to_string()])
+        .args(["--mappings", &args.mappings.to_string()])
+        .args(["--max-in-flight", &args.max_in_flight.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut to_server = child.stdin.take().ok_or("no stdin")?;
+    let mut from_server = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    from_server.read_line(&mut line)?;
+    let port: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("server said {line:?}"))?;
+    eprintln!("server: {}", line.trim());
+
+    let connections = args.streams.div_ceil(args.per_connection.max(1));
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+            .connect()
+            .await?;
+        channels.push(channel);
+    }
+    let failures = Arc::new(AtomicUsize::new(0));
+    let connect_start = Instant::now();
+    for i in 0..args.streams {
+        let client = AggregatedDiscoveryServiceClient::new(channels[i % connections].clone())
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node(client, i).await {
+                if failures.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("node {i}: {e}");
+                }
+            }
+        });
+    }
+    let mut ask = |command: &str| -> Result<String, Box<dyn std::error::Error>> {
+        writeln!(to_server, "{command}")?;
+        to_server.flush()?;
+        let mut reply = String::new();
+        from_server.read_line(&mut reply)?;
+        Ok(reply.trim().to_owned())
+    };
+    let synced = tokio::task::block_in_place(|| ask("wait"))?;
+    println!(
+        "streams={} connections={connections} initial sync ({} ms since connect): {synced}",
+        args.streams,
+        connect_start.elapsed().as_millis()
+    );
+    let published = tokio::task::block_in_place(|| ask("publish"))?;
+    println!("streams={} publish: {published}", args.streams);
+    println!("stream failures: {}", failures.load(Ordering::Relaxed));
+    let _ = tokio::task::block_in_place(|| ask("quit"));
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+/// What one simulated Envoy keeps per type: the last nonce and its subscription.
+#[derive(Default)]
+struct TypeState {
+    nonce: String,
+    version: String,
+    names: BTreeSet<String>,
+}
+
+async fn node(
+    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    index: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    let node = Node {
+        id: format!("load-node-{index}"),
+        cluster: "load".to_owned(),
+        ..Default::default()
+    };
+    let (cds, lds) = (Cluster::type_url(), Listener::type_url());
+    let (eds, rds) = (
+        ClusterLoadAssignment::type_url(),
+        RouteConfiguration::type_url(),
+    );
+    tx.send(DiscoveryRequest {
+        node: Some(node),
+        type_url: cds.clone(),
+        ..Default::default()
+    })
+    .await?;
+    tx.send(DiscoveryRequest {
+        type_url: lds.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut eds_state = TypeState::default();
+    let mut rds_state = TypeState::default();
+    while let Some(response) = responses.message().await? {
+        let ack = |names: &BTreeSet<String>, r: &DiscoveryResponse| DiscoveryRequest {
+            type_url: r.type_url.clone(),
+            version_info: r.version_info.clone(),
+            response_nonce: r.nonce.clone(),
+            resource_names: names.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let t = response.type_url.as_str();
+        if t == cds || t == lds {
+            tx.send(ack(&BTreeSet::new(), &response)).await?;
+            let (names, state, url) = if t == cds {
+                (eds_names(&response), &mut eds_state, &eds)
+            } else {
+                (rds_names(&response), &mut rds_state, &rds)
+            };
+            if names != state.names {
+                state.names = names;
+                tx.send(DiscoveryRequest {
+                    type_url: url.clone(),
+                    version_info: state.version.clone(),
+                    response_nonce: state.nonce.clone(),
+                    resource_names: state.names.iter().cloned().collect(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+        } else {
+            let state = if t == eds {
+                &mut eds_state
+            } else {
+                &mut rds_state
+            };
+            state.nonce = response.nonce.clone();
+            state.version = response.version_info.clone();
+            tx.send(ack(&state.names, &response)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The EDS names of a CDS response's EDS clusters.
+fn eds_names(response: &DiscoveryResponse) -> BTreeSet<String> {
+    response
+        .resources
+        .iter()
+        .filter_map(|any| Cluster::decode(any.value.as_slice()).ok())
+        .filter(|c| {
+            c.cluster_discovery_type
+                == Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::Eds as i32,
+                ))
+        })
+        .map(|c| match c.eds_cluster_config {
+            Some(eds) if !eds.service_name.is_empty() => eds.service_name,
+            _ => c.name,
+        })
+        .collect()
+}
+
+/// The RDS names the listeners of an LDS response use.
+fn rds_names(response: &DiscoveryResponse) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for listener in response
+        .resources
+        .iter()
+        .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
+    {
+        for chain in listener
+            .filter_chains
+            .iter()
+            .chain(&listener.default_filter_chain)
+        {
+            for f in &chain.filters {
+                if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
+                    && any.type_url == HttpConnectionManager::type_url()
+                    && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
+                    && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
+                {
+                    names.insert(rds.route_config_name);
+                }
+            }
+        }
+    }
+    names
+}
