@@ -237,10 +237,10 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .max_decoding_message_size(64 * 1024 * 1024);
         let failures = failures.clone();
         tokio::spawn(async move {
-            if let Err(e) = node(client, i).await {
-                if failures.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("node {i}: {e}");
-                }
+            if let Err(e) = node(client, i).await
+                && failures.fetch_add(1, Ordering::Relaxed) < 5
+            {
+                eprintln!("node {i}: {e}");
             }
         });
     }
