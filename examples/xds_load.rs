@@ -43,6 +43,10 @@ use tokio_stream::wrappers::ReceiverStream;
 #[path = "../benches/support/generate.rs"]
 mod generate;
 
+// The allocator the `attache` binary uses, so the server's RSS is the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, value_enum, default_value_t = Role::Driver)]
@@ -152,7 +156,16 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config,
         shutdown.clone(),
     ));
-    println!("port {port} routes {routes} resources {}", first.len());
+    let bytes = |kind| -> usize { first.resources(kind).values().map(|r| r.body.len()).sum() };
+    use attache::snapshot::ResourceType as T;
+    println!(
+        "port {port} routes {routes} resources {} bytes cds={} eds={} lds={} rds={}",
+        first.len(),
+        bytes(T::Cluster),
+        bytes(T::Endpoint),
+        bytes(T::Listener),
+        bytes(T::Route)
+    );
 
     let (tx, mut lines) = mpsc::channel::<String>(4);
     std::thread::spawn(move || {
@@ -231,13 +244,17 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         channels.push(channel);
     }
     let failures = Arc::new(AtomicUsize::new(0));
+    // Set before the server is told to quit, so streams ending then are not failures.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let connect_start = Instant::now();
     for i in 0..args.streams {
         let client = AggregatedDiscoveryServiceClient::new(channels[i % connections].clone())
             .max_decoding_message_size(64 * 1024 * 1024);
         let failures = failures.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
             if let Err(e) = node(client, i).await
+                && !stopping.load(Ordering::Relaxed)
                 && failures.fetch_add(1, Ordering::Relaxed) < 5
             {
                 eprintln!("node {i}: {e}");
@@ -260,6 +277,7 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let published = tokio::task::block_in_place(|| ask("publish"))?;
     println!("streams={} publish: {published}", args.streams);
     println!("stream failures: {}", failures.load(Ordering::Relaxed));
+    stopping.store(true, Ordering::Relaxed);
     let _ = tokio::task::block_in_place(|| ask("quit"));
     let _ = child.kill();
     let _ = child.wait();
