@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, SourceFile};
 use crate::endpoints::Endpoints;
-use crate::snapshot::{self, CanarySelector, Snapshot, Store, StoreConfig};
+use crate::snapshot::{CanarySelector, Snapshot, Store, StoreConfig};
 use crate::translate::{self, Resources};
 use crate::xds;
 
@@ -251,12 +251,8 @@ async fn publish(store: &Store, revision: Revision) {
     };
     match store.publish(snapshot).await {
         Ok(s) => tracing::info!(version = s.version(), "revision published"),
-        Err(e) => report_rejected(&revision.id, &e),
+        Err(e) => tracing::error!(revision = %revision.id, "snapshot not published: {e}"),
     }
-}
-
-fn report_rejected(revision: &str, e: &snapshot::Error) {
-    tracing::error!(revision, "snapshot not published: {e}");
 }
 
 #[cfg(test)]
