@@ -80,22 +80,19 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
     }
     let cluster_names = names::clusters(users.keys().copied());
     let groups = route::groups(&config.mappings);
-    // Each group's route, built once; virtual hosts copy it (see `vhost::ordered_routes`).
-    let built: Vec<_> = groups
-        .iter()
-        .map(|g| g.route(&cluster_names, &[]))
-        .collect();
+    let plans = listener::plans(config);
+    let built = vhost::SharedRoutes::new(&groups, &cluster_names, &plans, config);
 
     let mut resources = Resources::default();
     let mut secrets = BTreeSet::new();
-    for plan in listener::plans(config) {
+    for plan in &plans {
         if plan.terminates_tls() {
             secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
         }
-        resources.listeners.push(listener::listener(&plan, config));
+        resources.listeners.push(listener::listener(plan, config));
         resources
             .routes
-            .push(vhost::route_configuration(&plan, config, &groups, &built));
+            .push(vhost::route_configuration(plan, config, &groups, &built));
     }
     let (clusters, assignments) = cluster::clusters(config, endpoints, &cluster_names, &users);
     resources.clusters = clusters;

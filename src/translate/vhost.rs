@@ -15,13 +15,17 @@ use envoy_types::pb::envoy::config::route::v3::{
     VirtualHost, redirect_action, route, route_match, virtual_host,
 };
 
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+
 use super::listener::ListenerPlan;
 use super::names;
 use super::provenance::Provenance;
 use super::route::{self as mapping_route, Group};
 use super::tls;
 use crate::config::{
-    Config, Host, HostPattern, InsecureAction, KeyValueMatch, SecurityModel, ValueMatch,
+    Config, Host, HostPattern, InsecureAction, KeyValueMatch, SecurityModel, Target, ValueMatch,
 };
 
 /// What a virtual host does with requests its listener's security model calls insecure.
@@ -51,20 +55,116 @@ fn insecure(model: SecurityModel, terminates_tls: bool, action: InsecureAction) 
     }
 }
 
+/// How a listener's virtual host for `host` treats insecure requests.
+fn host_policy(plan: &ListenerPlan<'_>, config: &Config, host: &Host) -> Insecure {
+    let terminates_tls = tls::host_tls(config, host).is_some();
+    insecure(plan.security_model, terminates_tls, host.insecure_action)
+}
+
+/// Whether a virtual host with this policy carries the Mappings' routes.
+fn serves_routes(policy: Insecure) -> bool {
+    match policy {
+        Insecure::Serve | Insecure::RequireTls | Insecure::RejectUnlessXfpHttps => true,
+        Insecure::RedirectAll | Insecure::RejectAll => false,
+    }
+}
+
+/// Each route group's Envoy route, built once and handed to the virtual hosts that use it:
+/// a copy for each but the last, which takes the original. A Mapping usually attaches to
+/// several virtual hosts (its Host and `*`, on each listener), and building a route
+/// (matchers, action, provenance) costs more than copying it, which costs more than
+/// moving it.
+pub(super) struct SharedRoutes<'a> {
+    groups: &'a [Group<'a>],
+    clusters: &'a BTreeMap<Target, String>,
+    slots: Vec<Mutex<Slot>>,
+}
+
+struct Slot {
+    uses_left: usize,
+    route: Option<Route>,
+}
+
+impl<'a> SharedRoutes<'a> {
+    /// Builds every group's route and counts the virtual hosts of `plans` that will use it.
+    pub(super) fn new(
+        groups: &'a [Group<'a>],
+        clusters: &'a BTreeMap<Target, String>,
+        plans: &[ListenerPlan<'_>],
+        config: &Config,
+    ) -> Self {
+        let mut uses = vec![0usize; groups.len()];
+        for plan in plans {
+            let patterns: Vec<&HostPattern> = if config.hosts.is_empty() {
+                vec![&HostPattern::Any]
+            } else {
+                plan.hosts
+                    .iter()
+                    .filter(|host| serves_routes(host_policy(plan, config, host)))
+                    .map(|host| &host.hostname)
+                    .collect()
+            };
+            for (group, uses) in groups.iter().zip(&mut uses) {
+                let mapping = &group.primary().hostname;
+                *uses += patterns.iter().filter(|h| attaches(mapping, h)).count();
+            }
+        }
+        let built = super::parallel::map(groups, super::parallel::SMALL_ITEMS, |g| {
+            g.route(clusters, &[])
+        });
+        let slots = built
+            .into_iter()
+            .zip(uses)
+            .map(|(route, uses_left)| {
+                Mutex::new(Slot {
+                    uses_left,
+                    route: Some(route),
+                })
+            })
+            .collect();
+        SharedRoutes {
+            groups,
+            clusters,
+            slots,
+        }
+    }
+
+    /// Group `index`'s route for one more virtual host.
+    fn take(&self, index: usize) -> Route {
+        let mut slot = self.slots[index].lock();
+        slot.uses_left = slot.uses_left.saturating_sub(1);
+        let route = if slot.uses_left == 0 {
+            slot.route.take()
+        } else {
+            slot.route.clone()
+        };
+        drop(slot);
+        // Only a miscount could leave nothing here; build it again rather than lose it.
+        route.unwrap_or_else(|| self.groups[index].route(self.clusters, &[]))
+    }
+
+    /// Whether every route went to exactly the virtual hosts counted for it.
+    #[cfg(test)]
+    pub(super) fn all_used(&self) -> bool {
+        self.slots.iter().all(|slot| {
+            let slot = slot.lock();
+            slot.uses_left == 0 && slot.route.is_none()
+        })
+    }
+}
+
 /// The RouteConfiguration of one listener.
 pub(super) fn route_configuration(
     plan: &ListenerPlan<'_>,
     config: &Config,
     groups: &[Group<'_>],
-    built: &[Route],
+    built: &SharedRoutes<'_>,
 ) -> RouteConfiguration {
     let virtual_hosts = if config.hosts.is_empty() {
         vec![catch_all(groups, built)]
     } else {
         super::parallel::map(&plan.hosts, super::parallel::LARGE_ITEMS, |host| {
-            let terminates_tls = tls::host_tls(config, host).is_some();
-            let policy = insecure(plan.security_model, terminates_tls, host.insecure_action);
-            virtual_host(host, policy, groups, built)
+            virtual_host(host, host_policy(plan, config, host), groups, built)
         })
     };
     RouteConfiguration {
@@ -76,7 +176,7 @@ pub(super) fn route_configuration(
 }
 
 /// With no Host at all, Emissary serves every Mapping on `*`.
-fn catch_all(groups: &[Group<'_>], built: &[Route]) -> VirtualHost {
+fn catch_all(groups: &[Group<'_>], built: &SharedRoutes<'_>) -> VirtualHost {
     let routes = ordered_routes(groups, built, &HostPattern::Any, &[]);
     VirtualHost {
         name: "*".to_owned(),
@@ -91,7 +191,7 @@ fn virtual_host(
     host: &Host,
     policy: Insecure,
     groups: &[Group<'_>],
-    built: &[Route],
+    built: &SharedRoutes<'_>,
 ) -> VirtualHost {
     let xfp_https = mapping_route::header_matcher(&KeyValueMatch {
         name: "x-forwarded-proto".to_owned(),
@@ -130,20 +230,16 @@ fn domains(pattern: &HostPattern) -> Vec<String> {
 }
 
 /// The routes of the groups that attach to a Host with pattern `host`, in Emissary's order.
-///
-/// `built` holds each group's route, built once by the caller (parallel to `groups`): a
-/// Mapping usually attaches to several virtual hosts (its Host and `*`, on each listener),
-/// and copying a route and appending this host's matchers costs a fraction of building it.
 fn ordered_routes(
     groups: &[Group<'_>],
-    built: &[Route],
+    built: &SharedRoutes<'_>,
     host: &HostPattern,
     extra: &[HeaderMatcher],
 ) -> Vec<Route> {
-    let mut attached: Vec<(&Group<'_>, &Route, Option<HeaderMatcher>, usize)> = groups
+    let mut attached: Vec<(usize, Option<HeaderMatcher>, usize)> = groups
         .iter()
-        .zip(built)
-        .filter_map(|(group, route)| {
+        .enumerate()
+        .filter_map(|(index, group)| {
             let mapping = &group.primary().hostname;
             attaches(mapping, host).then(|| {
                 let authority = authority_matcher(mapping, host);
@@ -152,15 +248,15 @@ fn ordered_routes(
                 } else {
                     0
                 };
-                (group, route, authority, weight)
+                (index, authority, weight)
             })
         })
         .collect();
-    attached.sort_by_cached_key(|(group, _, _, weight)| group.order_key(*weight));
+    attached.sort_by_cached_key(|(index, _, weight)| groups[*index].order_key(*weight));
     attached
         .into_iter()
-        .map(|(_, route, authority, _)| {
-            let mut route = route.clone();
+        .map(|(index, authority, _)| {
+            let mut route = built.take(index);
             if authority.is_some() || !extra.is_empty() {
                 let headers = &mut route.r#match.get_or_insert_with(Default::default).headers;
                 headers.extend(authority);

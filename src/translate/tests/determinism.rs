@@ -225,3 +225,32 @@ fn every_resource_names_the_file_line_and_resource_it_came_from() {
         .expect("the api chain");
     assert_eq!(read(chain.metadata.as_ref()).name, "api");
 }
+
+/// Routes are moved into their last virtual host, not copied: the use counts must match
+/// what the virtual hosts take exactly, over every fixture (Host policies, listeners,
+/// TLS) and example-repo.
+#[test]
+fn shared_routes_are_each_used_exactly_as_counted() {
+    use crate::translate::{listener, names, route, vhost};
+    let mut repos = super::fixture_repos();
+    repos.push(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo"));
+    for repo in repos {
+        let config = super::load_dir(&repo, super::FIXTURE_SECRETS);
+        let targets = config.mappings.iter().filter_map(|m| match &m.action {
+            crate::config::Action::Route(r) => Some(&r.target),
+            crate::config::Action::Redirect(_) => None,
+        });
+        let clusters = names::clusters(targets);
+        let groups = route::groups(&config.mappings);
+        let plans = listener::plans(&config);
+        let built = vhost::SharedRoutes::new(&groups, &clusters, &plans, &config);
+        for plan in &plans {
+            vhost::route_configuration(plan, &config, &groups, &built);
+        }
+        assert!(
+            built.all_used(),
+            "{}: a route was miscounted",
+            repo.display()
+        );
+    }
+}
