@@ -20,7 +20,7 @@ pub mod document;
 pub mod json;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::sync::LazyLock;
 

@@ -63,12 +63,25 @@ pub fn envoy_binary() -> Option<PathBuf> {
 /// Writes `text` to `bootstrap.EXT` (Envoy picks the parser by extension) and runs
 /// `envoy --mode validate` on it. `Ok` when Envoy is missing outside CI.
 pub fn envoy_validate(text: &str, extension: &str) -> Result<(), String> {
+    validate_file(text.as_bytes(), extension)
+        .map_err(|why| format!("{why}\n--- bootstrap ---\n{text}"))
+}
+
+/// `envoy --mode validate` of the static bootstrap of `resources` (binary protobuf, so
+/// the check does not depend on JSON rendering). `Ok` when Envoy is missing outside CI.
+pub fn validate_resources(resources: &Resources) -> Result<(), String> {
+    use prost::Message;
+    let bootstrap = crate::render::static_bootstrap(resources, None);
+    validate_file(&bootstrap.encode_to_vec(), "pb")
+}
+
+fn validate_file(bytes: &[u8], extension: &str) -> Result<(), String> {
     let Some(envoy) = envoy_binary() else {
         return Ok(());
     };
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let path = dir.path().join(format!("bootstrap.{extension}"));
-    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::write(&path, bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
     let output = Command::new(&envoy)
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
         .arg(&path)
@@ -79,7 +92,7 @@ pub fn envoy_validate(text: &str, extension: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "envoy rejected {extension} bootstrap:\n{}{}\n--- bootstrap ---\n{text}",
+            "envoy rejected the {extension} bootstrap:\n{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ))
@@ -87,7 +100,7 @@ pub fn envoy_validate(text: &str, extension: &str) -> Result<(), String> {
 }
 
 /// A distinct shared-memory base id per Envoy run, clear of the ranges the integration
-/// tests' helper (`pid % 10_000 * 100`) and `translate`'s check (`100_000_000 + ...`) use.
+/// tests' helper (`pid % 10_000 * 100`) uses.
 fn next_base_id() -> u32 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     200_000_000

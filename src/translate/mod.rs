@@ -25,8 +25,6 @@ mod tls;
 mod vhost;
 
 #[cfg(test)]
-mod envoy_check;
-#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;

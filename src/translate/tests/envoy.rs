@@ -1,17 +1,17 @@
 //! Does a real Envoy accept what translation produces? Every fixture repo, the example
 //! repo and a model config using every feature go through `envoy --mode validate`
-//! (see `envoy_check` for how the binary is found, and when a missing one fails).
+//! (see `render::testing` for how the binary is found, and when a missing one fails).
 
 use super::{FIXTURE_SECRETS, crate_root, fixture_repos, load_dir, run};
 use crate::config::*;
-use crate::translate::envoy_check;
+use crate::render::testing as envoy_check;
 use crate::translate::testing::*;
 
 #[test]
 fn every_fixture_repo_passes_envoy_validate() {
     for repo in fixture_repos() {
         let resources = run(&load_dir(&repo, FIXTURE_SECRETS));
-        if let Err(why) = envoy_check::validate(&resources) {
+        if let Err(why) = envoy_check::validate_resources(&resources) {
             panic!("{}: {why}", repo.display());
         }
     }
@@ -22,7 +22,7 @@ fn the_example_repo_passes_envoy_validate() {
     let repo = crate_root().join("example-repo");
     let resources = run(&load_dir(&repo, FIXTURE_SECRETS));
     assert!(!resources.listeners.is_empty());
-    if let Err(why) = envoy_check::validate(&resources) {
+    if let Err(why) = envoy_check::validate_resources(&resources) {
         panic!("{}: {why}", repo.display());
     }
 }
@@ -201,7 +201,7 @@ fn a_config_using_every_feature_passes_envoy_validate() {
     sort(&mut cfg);
     let resources = run(&cfg);
     assert_eq!(resources.listeners.len(), 4);
-    if let Err(why) = envoy_check::validate(&resources) {
+    if let Err(why) = envoy_check::validate_resources(&resources) {
         panic!("{why}");
     }
 }
@@ -214,7 +214,7 @@ fn envoy_validate_rejects_a_broken_config() {
     }
     let mut resources = run(&config(vec![mapping("a", "/", "a")], Vec::new()));
     resources.clusters[0].name = String::new();
-    let why = envoy_check::validate(&resources).expect_err("a cluster without a name");
+    let why = envoy_check::validate_resources(&resources).expect_err("a cluster without a name");
     assert!(why.contains("ClusterValidationError.Name"), "{why}");
 }
 
@@ -241,7 +241,7 @@ fn weighted_members_with_one_target_pass_envoy_validate() {
         ..mapping("b", "/ab/", "shop")
     };
     let resources = run(&config(vec![a, b], Vec::new()));
-    if let Err(why) = envoy_check::validate(&resources) {
+    if let Err(why) = envoy_check::validate_resources(&resources) {
         panic!("{why}");
     }
 }
