@@ -170,16 +170,7 @@ impl<W: std::io::Write> Emitter<'_, W> {
             }
             Format::Yaml => self.raw(&format!("{indent}{key}:\n"))?,
         }
-        for (i, item) in items.iter().enumerate() {
-            each(
-                self,
-                item,
-                Item {
-                    depth,
-                    first: i == 0,
-                },
-            )?;
-        }
+        self.items(depth, items, &mut each)?;
         if self.format == Format::Json {
             if items.is_empty() {
                 self.raw("]")?;
@@ -228,6 +219,26 @@ impl<W: std::io::Write> Emitter<'_, W> {
         Ok(())
     }
 
+    /// Writes each of `items` as a list item at `depth`.
+    fn items<T>(
+        &mut self,
+        depth: usize,
+        items: &[T],
+        each: &mut impl FnMut(&mut Self, &T, Item) -> Result<()>,
+    ) -> Result<()> {
+        for (i, item) in items.iter().enumerate() {
+            each(
+                self,
+                item,
+                Item {
+                    depth,
+                    first: i == 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// YAML only: `- key:` with the list items below, for an item whose only field is the list.
     fn list_after_dash<T>(
         &mut self,
@@ -241,16 +252,7 @@ impl<W: std::io::Write> Emitter<'_, W> {
         }
         self.raw(&format!("{key}:\n"))?;
         let depth = at.depth + 1;
-        for (i, item) in items.iter().enumerate() {
-            each(
-                self,
-                item,
-                Item {
-                    depth,
-                    first: i == 0,
-                },
-            )?;
-        }
+        self.items(depth, items, &mut each)?;
         Ok(())
     }
 
