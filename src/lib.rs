@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod endpoints;
+pub mod pipeline;
 pub mod render;
 pub mod serve;
 pub mod snapshot;
