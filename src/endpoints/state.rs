@@ -543,7 +543,10 @@ mod tests {
         state.apply_slice("a", "web-1", slice(&a, &[("", 80)], vec![]));
         state.apply_slice("b", "web-1", slice(&b, &[("", 80)], vec![]));
         let touched = state.replace_slices(&Scope::Namespace("a".into()), vec![]);
-        assert_eq!(touched.into_iter().collect::<Vec<_>>(), std::slice::from_ref(&a));
+        assert_eq!(
+            touched.into_iter().collect::<Vec<_>>(),
+            std::slice::from_ref(&a)
+        );
         assert!(state.resolve(&a).is_empty());
         assert_eq!(
             state.resolve(&b).len(),
