@@ -463,3 +463,68 @@ async fn the_fake_api_answers_410_for_lists_at_expired_versions() {
         Some("users")
     );
 }
+
+/// Issue 5: deploy/'s RBAC grants exactly what the watcher uses, read-only: get, list
+/// and watch on Services and EndpointSlices, bound to the `attache` ServiceAccount.
+#[test]
+fn deploy_rbac_grants_only_reads_of_services_and_endpointslices() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/base/rbac.yaml");
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).expect("a YAML document"))
+        .collect();
+    let of_kind = |kind: &str| -> &serde_json::Value {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {}", path.display()))
+    };
+    let mut rules: Vec<(String, String, Vec<String>)> = Vec::new();
+    for rule in of_kind("ClusterRole")["rules"].as_array().expect("rules") {
+        let strings = |field: &str| -> Vec<String> {
+            rule[field]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        for group in strings("apiGroups") {
+            for resource in strings("resources") {
+                let mut verbs = strings("verbs");
+                verbs.sort();
+                rules.push((group.clone(), resource, verbs));
+            }
+        }
+    }
+    rules.sort();
+    let reads = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    assert_eq!(
+        rules,
+        [
+            (String::new(), "services".to_owned(), reads.clone()),
+            (
+                "discovery.k8s.io".to_owned(),
+                "endpointslices".to_owned(),
+                reads
+            ),
+        ]
+    );
+    let account = of_kind("ServiceAccount");
+    assert_eq!(
+        (
+            &account["metadata"]["name"],
+            &account["metadata"]["namespace"]
+        ),
+        (&serde_json::json!("attache"), &serde_json::json!("attache"))
+    );
+    let binding = of_kind("ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        of_kind("ClusterRole")["metadata"]["name"]
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "attache", "namespace": "attache"}])
+    );
+}
