@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod pipeline;
 pub mod render;
 pub mod serve;
+pub mod source;
 pub mod snapshot;
 pub mod translate;
 pub mod xds;
