@@ -126,6 +126,14 @@ With --canary, a new snapshot goes to the matching nodes first; once every conne
 canary has ACKed it and --canary-bake has passed without a NACK, it goes to all nodes. A
 canary NACK halts the rollout: the fleet stays on the previous version.
 
+A Mapping's `service: users.shop:8080` reaches the ready pods of that Service. With
+--endpoints kubernetes (chosen by `auto` when in-cluster credentials or a kubeconfig
+reach an API server) attache watches Services and EndpointSlices (every namespace, or
+each --namespace) and sends Envoy only the changed endpoints over EDS, bursts gathered
+into one update within 50 ms. It needs get/list/watch on services and endpointslices
+(deploy/base/rbac.yaml). With --endpoints dns (the `auto` choice without a cluster) Envoy
+resolves name.namespace.svc.cluster.local itself.
+
 Examples:
 
   attache serve --dir example-repo
@@ -228,6 +236,24 @@ struct ServeArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
+    /// Where endpoints come from: EndpointSlices (kubernetes), the cluster DNS names
+    /// (dns), or kubernetes when an API server is reachable (auto).
+    #[arg(long, value_enum, default_value_t = EndpointsMode::Auto)]
+    endpoints: EndpointsMode,
+    /// A namespace to watch EndpointSlices in (repeat for several); default: all.
+    #[arg(long = "namespace", value_name = "NAMESPACE", value_parser = attache::endpoints::parse_namespace)]
+    namespaces: Vec<String>,
+    /// The cluster DNS domain --endpoints dns appends after `.svc.`.
+    #[arg(long, value_name = "DOMAIN", default_value = attache::endpoints::DEFAULT_CLUSTER_DOMAIN,
+          value_parser = attache::endpoints::parse_cluster_domain)]
+    cluster_domain: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EndpointsMode {
+    Kubernetes,
+    Dns,
+    Auto,
 }
 
 #[derive(Debug, Args)]
@@ -560,6 +586,16 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
         },
         retry: std::time::Duration::from_secs(1),
         webhook_secret: args.webhook_secret_file.clone(),
+        endpoints: attache::endpoints::Discovery {
+            mode: match args.endpoints {
+                EndpointsMode::Kubernetes => attache::endpoints::Mode::Kubernetes,
+                EndpointsMode::Dns => attache::endpoints::Mode::Dns,
+                EndpointsMode::Auto => attache::endpoints::Mode::Auto,
+            },
+            namespaces: args.namespaces.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            ..attache::endpoints::Discovery::default()
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::pipeline::Pipeline;
 use crate::snapshot::{CanarySelector, Store, StoreConfig};
+use crate::source::Source;
 use crate::source::dir::DirSource;
 use crate::source::git::{GitConfig, GitSource};
 use crate::source::webhook::{self, Webhook};
-use crate::source::Source;
 use crate::xds;
 
 /// Where revisions come from.
@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub retry: Duration,
     /// The shared secret of `POST /webhook` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<PathBuf>,
+    /// Where endpoints come from: EndpointSlices, or DNS outside Kubernetes.
+    pub endpoints: crate::endpoints::Discovery,
 }
 
 /// Why `serve` stopped.
@@ -89,6 +91,9 @@ pub enum Error {
     /// The webhook secret could not be read.
     #[error(transparent)]
     Webhook(#[from] webhook::SecretError),
+    /// `--endpoints kubernetes` without a usable cluster configuration.
+    #[error(transparent)]
+    Endpoints(#[from] crate::endpoints::Error),
     /// The ADS server failed.
     #[error(transparent)]
     Xds(#[from] xds::Error),
@@ -132,15 +137,25 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         SourceConfig::Git(git) => Box::new(GitSource::new(git.clone())),
     };
     let source_name = source.describe();
-    let mut pipeline = Pipeline::new(store.clone(), config.load.clone(), None, config.retry);
+    // Before the first revision: translating it without the endpoints would send Envoy
+    // empty assignments.
+    let endpoints = crate::endpoints::spawn(&config.endpoints, shutdown.clone()).await?;
+    let mut pipeline = Pipeline::new(
+        store.clone(),
+        config.load.clone(),
+        Some(endpoints),
+        config.retry,
+    );
     let (source, first) = pipeline.poll(source).await;
-    let first = first.and_then(|()| match pipeline.status().borrow().last_attempted.as_ref() {
-        Some(attempt) if !attempt.outcome.is_accepted() => Err(format!(
-            "revision {} was rejected (see the errors above)",
-            attempt.revision.id
-        )),
-        _ => Ok(()),
-    });
+    let first = first.and_then(
+        |()| match pipeline.status().borrow().last_attempted.as_ref() {
+            Some(attempt) if !attempt.outcome.is_accepted() => Err(format!(
+                "revision {} was rejected (see the errors above)",
+                attempt.revision.id
+            )),
+            _ => Ok(()),
+        },
+    );
     match (first, &persisted) {
         (Err(reason), None) => {
             return Err(Error::NothingToServe {

@@ -177,6 +177,56 @@ pub async fn spawn(
     Ok(rx)
 }
 
+/// Checks a `--namespace` value: a DNS-1123 label, as Kubernetes requires.
+///
+/// # Errors
+///
+/// A message naming the value and the rule it breaks.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a namespace name: 1-63 lower-case letters, digits and '-', \
+             starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Checks a `--cluster-domain` value: a DNS name (`cluster.local`), without dots at
+/// either end.
+///
+/// # Errors
+///
+/// A message naming the value.
+pub fn parse_cluster_domain(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{text:?} is not a DNS domain such as cluster.local"
+        ))
+    }
+}
+
 async fn client(source: &KubeSource) -> Result<Client, Error> {
     let config = match source {
         KubeSource::Client(client) => return Ok(client.clone()),
@@ -193,4 +243,25 @@ async fn client(source: &KubeSource) -> Result<Client, Error> {
         }
     };
     Client::try_from(config).map_err(Error::Client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_and_domains_are_checked() {
+        assert_eq!(parse_namespace("shop-2").as_deref(), Ok("shop-2"));
+        for bad in ["", "Shop", "-a", "a-", "a.b", &"a".repeat(64)] {
+            let err = parse_namespace(bad).expect_err(bad);
+            assert!(err.contains("is not a namespace name"), "{err}");
+        }
+        assert_eq!(
+            parse_cluster_domain("Cluster.Local").as_deref(),
+            Ok("cluster.local")
+        );
+        for bad in ["", ".local", "cluster.", "a b", "a..b"] {
+            assert!(parse_cluster_domain(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -25,7 +25,10 @@ use std::net::IpAddr;
 
 use crate::config::{Action, Config, Diagnostic, ResourceRef, Service, ServicePort, Severity};
 
-pub use discovery::{DEFAULT_CLUSTER_DOMAIN, Discovery, Error, KubeSource, Mode, spawn};
+pub use discovery::{
+    DEFAULT_CLUSTER_DOMAIN, Discovery, Error, KubeSource, Mode, parse_cluster_domain,
+    parse_namespace, spawn,
+};
 
 /// Identifies one port of one Kubernetes Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
