@@ -16,7 +16,7 @@ pub mod endpoints;
 pub mod pipeline;
 pub mod render;
 pub mod serve;
-pub mod source;
 pub mod snapshot;
+pub mod source;
 pub mod translate;
 pub mod xds;

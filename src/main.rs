@@ -166,7 +166,7 @@ enum Command {
     Render(RenderArgs),
     /// Serve a config directory or git repository to Envoy nodes over xDS.
     #[command(long_about = SERVE_ABOUT)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print an Envoy bootstrap that points at attache.
     #[command(long_about = BOOTSTRAP_ABOUT)]
     Bootstrap(BootstrapArgs),
@@ -373,7 +373,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them, not in files and log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -539,7 +541,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
                 known_hosts: args.known_hosts.clone(),
                 https_token_file: args.https_token_file.clone(),
             },
-            limits: limits.clone(),
+            limits,
         }),
         (None, None) => unreachable!("clap requires --dir or --git"),
     };

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::pipeline::Pipeline;
 use crate::snapshot::{CanarySelector, Store, StoreConfig};
+use crate::source::Source;
 use crate::source::dir::DirSource;
 use crate::source::git::{GitConfig, GitSource};
 use crate::source::webhook::{self, Webhook};
-use crate::source::Source;
 use crate::xds;
 
 /// Where revisions come from.
@@ -126,7 +126,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let source: Box<dyn Source> = match &config.source {
         SourceConfig::Dir(dir) => Box::new(DirSource::new(
             dir.clone(),
-            config.load.limits.clone(),
+            config.load.limits,
             wake.clone(),
         )),
         SourceConfig::Git(git) => Box::new(GitSource::new(git.clone())),
@@ -134,13 +134,15 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let source_name = source.describe();
     let mut pipeline = Pipeline::new(store.clone(), config.load.clone(), None, config.retry);
     let (source, first) = pipeline.poll(source).await;
-    let first = first.and_then(|()| match pipeline.status().borrow().last_attempted.as_ref() {
-        Some(attempt) if !attempt.outcome.is_accepted() => Err(format!(
-            "revision {} was rejected (see the errors above)",
-            attempt.revision.id
-        )),
-        _ => Ok(()),
-    });
+    let first = first.and_then(
+        |()| match pipeline.status().borrow().last_attempted.as_ref() {
+            Some(attempt) if !attempt.outcome.is_accepted() => Err(format!(
+                "revision {} was rejected (see the errors above)",
+                attempt.revision.id
+            )),
+            _ => Ok(()),
+        },
+    );
     match (first, &persisted) {
         (Err(reason), None) => {
             return Err(Error::NothingToServe {

@@ -12,7 +12,6 @@
 
 mod status;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -247,14 +246,10 @@ impl Pipeline {
 
 /// Resolves when `endpoints` changed (`true`) or its sender is gone (`false`); never
 /// when there is no receiver.
-fn endpoints_changed(
-    endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>,
-) -> impl Future<Output = bool> + '_ {
-    async move {
-        match endpoints {
-            Some(rx) => rx.changed().await.is_ok(),
-            None => std::future::pending().await,
-        }
+async fn endpoints_changed(endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>) -> bool {
+    match endpoints {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -411,11 +406,12 @@ mod tests {
         let first = Duration::from_secs(1);
         let interval = Duration::from_secs(15);
         for failures in 1..=10u32 {
-            let nominal = first
-                .saturating_mul(1 << (failures - 1))
-                .min(MAX_BACKOFF);
+            let nominal = first.saturating_mul(1 << (failures - 1)).min(MAX_BACKOFF);
             let delay = backoff(first, failures, interval);
-            assert!(delay >= nominal / 2 && delay < nominal, "{failures}: {delay:?}");
+            assert!(
+                delay >= nominal / 2 && delay < nominal,
+                "{failures}: {delay:?}"
+            );
         }
         assert!(backoff(first, u32::MAX, interval) <= MAX_BACKOFF);
         // A long interval is not cut short by the cap.
