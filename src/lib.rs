@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod diff;
 pub mod endpoints;
 pub mod pipeline;
 pub mod render;
