@@ -102,18 +102,25 @@ Examples:
   attache render example-repo --bootstrap --admin-port 9901 > envoy.yaml";
 
 const SERVE_ABOUT: &str = "\
-Serves the configuration in DIR to Envoy nodes over gRPC ADS (state of the world and
-delta), on --xds-addr.
+Serves the configuration from a directory (--dir) or a git remote (--git) to Envoy nodes
+over gRPC ADS (state of the world and delta), on --xds-addr.
 
 At start the last good snapshot is loaded from --state-dir and served at once, so nodes
-that reconnect keep their configuration even if DIR is unavailable. Then DIR is read,
-validated and translated; a revision with errors is rejected whole (unless
---allow-partial) and the previous snapshot keeps serving. While DIR is missing or
-rejected it is retried (5 s, doubling up to 60 s). attache exits with an error only when
-it has neither a usable DIR nor a persisted snapshot.
+that reconnect keep their configuration even if the source is unavailable. Then the source
+is read, validated and translated; a revision with errors is rejected whole (unless
+--allow-partial) and the previous snapshot keeps serving. attache exits with an error only
+when it has neither a usable first revision nor a persisted snapshot.
 
-Each revision's version is the SHA-256 of the directory's content, so identical content
-(a revert, another replica) gives identical versions and no needless push.
+--dir is watched: any change (an edit, or kubelet swapping a ConfigMap's ..data link) is
+read within ~100 ms, and the whole directory is re-read every 60 s as a safety net. The
+revision id is the SHA-256 of the content, so identical content changes nothing.
+
+--git is cloned (bare) into the state dir and polled every --interval: one small request
+asks where the branch (or tag) points, and a fetch happens only when it moved. Files are
+read from the commit itself. A rejected commit is not retried until the branch moves; a
+force-push is followed. An unreachable remote keeps the last revision serving and is
+retried with backoff. POST /webhook on the admin address (with --webhook-secret-file)
+triggers a poll at once.
 
 With --canary, a new snapshot goes to the matching nodes first; once every connected
 canary has ACKed it and --canary-bake has passed without a NACK, it goes to all nodes. A
@@ -122,6 +129,10 @@ canary NACK halts the rollout: the fleet stays on the previous version.
 Examples:
 
   attache serve --dir example-repo
+  attache serve --git https://github.com/acme/gateway.git --branch main --git-path edge \\
+      --https-token-file /run/secrets/git/token --interval 30s
+  attache serve --git ssh://git@github.com/acme/gateway.git --ssh-key /run/secrets/git/key \\
+      --known-hosts /run/secrets/git/known_hosts
   attache serve --dir /config --secrets-dir /run/secrets --xds-addr 0.0.0.0:18000 \\
       --canary metadata.canary=true --canary-bake 30s";
 
@@ -153,7 +164,7 @@ enum Command {
     /// Print the Envoy resources (or a static Envoy bootstrap) a config directory becomes.
     #[command(long_about = RENDER_ABOUT)]
     Render(RenderArgs),
-    /// Serve a config directory to Envoy nodes over xDS.
+    /// Serve a config directory or git repository to Envoy nodes over xDS.
     #[command(long_about = SERVE_ABOUT)]
     Serve(ServeArgs),
     /// Print an Envoy bootstrap that points at attache.
@@ -162,10 +173,43 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["dir", "git"])))]
+#[command(group(clap::ArgGroup::new("git_ref").args(["branch", "tag", "rev"])))]
 struct ServeArgs {
-    /// The config directory (a checkout of the gateway repo, or a mounted ConfigMap).
+    /// A config directory to watch (a checkout of the gateway repo, or a mounted ConfigMap).
     #[arg(long, value_name = "DIR")]
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    /// A git remote to poll: https://, ssh://, git@host:path, git:// or file://.
+    #[arg(long, value_name = "URL")]
+    git: Option<String>,
+    /// The branch to follow (default: main).
+    #[arg(long, value_name = "NAME", requires = "git")]
+    branch: Option<String>,
+    /// A tag to serve instead of a branch (followed if it is moved).
+    #[arg(long, value_name = "NAME", requires = "git")]
+    tag: Option<String>,
+    /// A commit to serve, pinned: fetched once, never polled again.
+    #[arg(long, value_name = "SHA", requires = "git")]
+    rev: Option<String>,
+    /// Only the files below this directory of the repository are config.
+    #[arg(long, value_name = "SUBDIR", requires = "git")]
+    git_path: Option<String>,
+    /// How often the remote is asked whether the branch moved.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    interval: std::time::Duration,
+    /// SSH private key for an SSH remote (requires --known-hosts).
+    #[arg(long, value_name = "FILE", requires = "known_hosts")]
+    ssh_key: Option<PathBuf>,
+    /// OpenSSH known_hosts file the SSH server's host key must be listed in.
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// A file holding an HTTPS access token; re-read on every fetch.
+    #[arg(long, value_name = "FILE")]
+    https_token_file: Option<PathBuf>,
+    /// The shared secret that POST /webhook requests are signed with (GitHub
+    /// X-Hub-Signature-256 or GitLab X-Gitlab-Token).
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// Where the ADS server listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     xds_addr: SocketAddr,
@@ -474,8 +518,33 @@ fn summary(loaded: &Loaded) -> String {
 // === serve ===
 
 fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
+    use attache::source::git::{Auth, GitConfig, Reference};
+    let limits = config::yaml::Limits::default();
+    let source = match (&args.dir, &args.git) {
+        (Some(dir), _) => attache::serve::SourceConfig::Dir(dir.clone()),
+        (None, Some(url)) => attache::serve::SourceConfig::Git(GitConfig {
+            url: url.clone(),
+            reference: match (&args.tag, &args.rev, &args.branch) {
+                (Some(tag), _, _) => Reference::Tag(tag.clone()),
+                (_, Some(rev), _) => Reference::Rev(rev.clone()),
+                (_, _, branch) => {
+                    Reference::Branch(branch.clone().unwrap_or_else(|| "main".to_owned()))
+                }
+            },
+            subdir: args.git_path.clone(),
+            state_dir: args.state_dir.clone(),
+            interval: args.interval,
+            auth: Auth {
+                ssh_key: args.ssh_key.clone(),
+                known_hosts: args.known_hosts.clone(),
+                https_token_file: args.https_token_file.clone(),
+            },
+            limits: limits.clone(),
+        }),
+        (None, None) => unreachable!("clap requires --dir or --git"),
+    };
     let config = attache::serve::ServeConfig {
-        dir: args.dir.clone(),
+        source,
         xds_addr: args.xds_addr,
         state_dir: args.state_dir.clone(),
         canary: args.canary.clone(),
@@ -487,9 +556,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
                 Policy::RejectRevision
             },
             secrets_dir: args.secrets_dir.clone(),
-            ..Default::default()
+            limits,
         },
-        retry: std::time::Duration::from_secs(5),
+        retry: std::time::Duration::from_secs(1),
+        webhook_secret: args.webhook_secret_file.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
