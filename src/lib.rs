@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod render;
 pub mod serve;
-pub mod source;
 pub mod snapshot;
+pub mod source;
 pub mod translate;
 pub mod xds;

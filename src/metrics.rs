@@ -26,8 +26,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{Attempt, Outcome};
+use crate::pipeline::{Attempt, Outcome, Status};
 use crate::snapshot::{ResourceType, RolloutStatus, Store};
 use crate::xds::type_url;
 
@@ -335,6 +337,78 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Counts the pipeline's attempts and source failures from its status channel until
+/// `shutdown`: every attempt recorded in [`Status`] goes through
+/// [`Metrics::revision_attempted`], and while `git` is set every new source failure
+/// through [`Metrics::git_fetch_failed`].
+///
+/// Following the status rather than being called by the pipeline keeps the pipeline free
+/// of metrics, and is exact: attempts are counted by the status's running totals, so
+/// updates the channel coalesces are still all counted (up to [`crate::pipeline::HISTORY`]
+/// between two wake-ups).
+///
+/// # Cancellation
+///
+/// Cancel-safe; it only stops counting.
+pub async fn follow_status(
+    mut status: watch::Receiver<Arc<Status>>,
+    metrics: Arc<Metrics>,
+    git: bool,
+    shutdown: CancellationToken,
+) {
+    // The status's totals count from the pipeline's start, as these counters do: begin
+    // at zero and take in what is already there.
+    let mut seen = StatusMarks::default();
+    loop {
+        let current = status.borrow_and_update().clone();
+        let now = StatusMarks::of(&current);
+        let new_attempts = now.attempts.saturating_sub(seen.attempts);
+        // Oldest first, so a histogram's sum and a log reader agree on order.
+        let new = current
+            .history
+            .iter()
+            .take(usize::try_from(new_attempts).unwrap_or(usize::MAX));
+        for attempt in new.rev() {
+            metrics.revision_attempted(attempt);
+        }
+        if git {
+            // A new run of failures (another `since`) restarts its count at 1.
+            let failures = if now.since == seen.since {
+                now.failures.saturating_sub(seen.failures)
+            } else {
+                now.failures
+            };
+            for _ in 0..failures {
+                metrics.git_fetch_failed();
+            }
+        }
+        seen = now;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// What [`follow_status`] has counted so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct StatusMarks {
+    attempts: u64,
+    failures: u64,
+    since: Option<i64>,
+}
+
+impl StatusMarks {
+    fn of(status: &Status) -> StatusMarks {
+        StatusMarks {
+            attempts: status.accepted_total + status.rejected_total,
+            failures: status.source_error.as_ref().map_or(0, |e| e.failures),
+            since: status.source_error.as_ref().map(|e| e.since),
+        }
     }
 }
 

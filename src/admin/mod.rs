@@ -48,9 +48,9 @@ use crate::snapshot::Store;
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8877);
 
-/// Largest webhook body accepted, in bytes. GitHub caps push payloads at 25 MB, but a
-/// push event for one branch is a few KB; anything much larger is not a push.
-pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// Largest webhook body accepted, in bytes: the verifier's own limit, enforced here
+/// before the body is read whole.
+pub const MAX_WEBHOOK_BYTES: usize = crate::source::webhook::MAX_BODY;
 
 /// What the source made of a webhook request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,8 @@ pub enum WebhookOutcome {
     Unauthorized(String),
     /// The request is malformed (400, with the reason).
     BadRequest(String),
+    /// The body is larger than the verifier reads (413, with the reason).
+    TooLarge(String),
 }
 
 /// Verifies a webhook request (headers and raw body, as the signature covers the exact
@@ -307,6 +309,11 @@ async fn webhook(
             .into_response(),
         WebhookOutcome::Unauthorized(reason) => (
             StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": reason })),
+        )
+            .into_response(),
+        WebhookOutcome::TooLarge(reason) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
             axum::Json(serde_json::json!({ "error": reason })),
         )
             .into_response(),

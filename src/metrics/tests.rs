@@ -193,3 +193,55 @@ fn rollout_states_have_stable_labels() {
     .collect();
     assert_eq!(states, ROLLOUT_STATES);
 }
+
+#[tokio::test]
+async fn following_the_status_counts_every_attempt_and_fetch_failure() {
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = watch::channel(Arc::new(Status::default()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(follow_status(rx, metrics.clone(), true, shutdown.clone()));
+    let store = store(&metrics);
+    let accepted = || {
+        attempt(
+            Outcome::Accepted {
+                snapshot: "abc+e0".into(),
+            },
+            1,
+        )
+    };
+    // Two attempts in one update, as a coalesced channel delivers them.
+    tx.send_modify(|s| {
+        let s = Arc::make_mut(s);
+        s.record(accepted());
+        s.record(attempt(Outcome::Rejected { errors: vec![] }, 1));
+    });
+    let now = std::time::SystemTime::now();
+    tx.send_modify(|s| Arc::make_mut(s).source_failed("unreachable".into(), now));
+    tx.send_modify(|s| Arc::make_mut(s).source_failed("unreachable".into(), now));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics.encode(&store).expect("encodes");
+        let done = value(&text, "attache_revisions_fetched_total", "") == 2.0
+            && value(&text, "attache_git_fetch_errors_total", "") == 2.0;
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = metrics.encode(&store).expect("encodes");
+    assert_eq!(value(&text, "attache_revisions_accepted_total", ""), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "attache_revisions_rejected_total",
+            "reason=\"invalid\""
+        ),
+        1.0
+    );
+    shutdown.cancel();
+    task.await.expect("follower ends on shutdown");
+}

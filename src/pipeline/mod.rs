@@ -411,11 +411,12 @@ mod tests {
         let first = Duration::from_secs(1);
         let interval = Duration::from_secs(15);
         for failures in 1..=10u32 {
-            let nominal = first
-                .saturating_mul(1 << (failures - 1))
-                .min(MAX_BACKOFF);
+            let nominal = first.saturating_mul(1 << (failures - 1)).min(MAX_BACKOFF);
             let delay = backoff(first, failures, interval);
-            assert!(delay >= nominal / 2 && delay < nominal, "{failures}: {delay:?}");
+            assert!(
+                delay >= nominal / 2 && delay < nominal,
+                "{failures}: {delay:?}"
+            );
         }
         assert!(backoff(first, u32::MAX, interval) <= MAX_BACKOFF);
         // A long interval is not cut short by the cap.

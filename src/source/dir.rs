@@ -204,7 +204,11 @@ mod tests {
     }
 
     fn source(root: &Path) -> DirSource {
-        DirSource::new(root.to_path_buf(), Limits::default(), Arc::new(Notify::new()))
+        DirSource::new(
+            root.to_path_buf(),
+            Limits::default(),
+            Arc::new(Notify::new()),
+        )
     }
 
     #[test]

@@ -345,7 +345,11 @@ impl GitSource {
 
 impl Source for GitSource {
     fn describe(&self) -> String {
-        format!("git {} ({})", redact(&self.config.url), self.config.reference)
+        format!(
+            "git {} ({})",
+            redact(&self.config.url),
+            self.config.reference
+        )
     }
 
     fn poll(&mut self) -> Result<Poll, super::Error> {
@@ -381,9 +385,7 @@ impl Source for GitSource {
                 if self.last == Some(oid) {
                     return Ok(Poll::Unchanged);
                 }
-                if self.repo()?.find_commit(oid).is_err()
-                    && self.repo()?.find_tag(oid).is_err()
-                {
+                if self.repo()?.find_commit(oid).is_err() && self.repo()?.find_tag(oid).is_err() {
                     let local = match &reference {
                         Reference::Tag(_) => name.clone(),
                         _ => name.replacen("refs/heads/", "refs/remotes/origin/", 1),
@@ -525,7 +527,10 @@ mod tests {
             redact("https://user:tok3n@github.com/org/repo.git"),
             "https://user:***@github.com/org/repo.git"
         );
-        assert_eq!(redact("https://github.com/org/r"), "https://github.com/org/r");
+        assert_eq!(
+            redact("https://github.com/org/r"),
+            "https://github.com/org/r"
+        );
         assert_eq!(redact("git@github.com:org/r"), "git@github.com:org/r");
     }
 }

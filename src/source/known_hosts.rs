@@ -178,9 +178,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len()
-            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&text[t]))
-        {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&text[t])) {
             p += 1;
             t += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {
@@ -215,8 +213,16 @@ mod tests {
             "# comment\ngithub.com,140.82.*.* ssh-ed25519 {KEY}\n[git.local]:2222 ssh-ed25519 {KEY}\n"
         ));
         assert!(known.check("github.com", 22, "ssh-ed25519", &key()).is_ok());
-        assert!(known.check("140.82.112.3", 22, "ssh-ed25519", &key()).is_ok());
-        assert!(known.check("git.local", 2222, "ssh-ed25519", &key()).is_ok());
+        assert!(
+            known
+                .check("140.82.112.3", 22, "ssh-ed25519", &key())
+                .is_ok()
+        );
+        assert!(
+            known
+                .check("git.local", 2222, "ssh-ed25519", &key())
+                .is_ok()
+        );
         // The port is part of the name.
         assert!(known.check("git.local", 22, "ssh-ed25519", &key()).is_err());
         assert!(known.check("GitHub.COM", 22, "ssh-ed25519", &key()).is_ok());
@@ -229,7 +235,10 @@ mod tests {
             .check("github.com", 22, "ssh-rsa", b"another key")
             .expect_err("unknown key");
         let text = err.to_string();
-        assert!(text.contains("github.com") && text.contains("ssh-rsa"), "{text}");
+        assert!(
+            text.contains("github.com") && text.contains("ssh-rsa"),
+            "{text}"
+        );
         assert!(text.contains("key changed"), "{text}");
     }
 
@@ -247,7 +256,10 @@ mod tests {
             .check("secret.corp", 22, "ssh-ed25519", &key())
             .expect_err("negated");
         let text = err.to_string();
-        assert!(text.contains("hashed host names are not supported"), "{text}");
+        assert!(
+            text.contains("hashed host names are not supported"),
+            "{text}"
+        );
         assert!(text.contains("@cert-authority"), "{text}");
     }
 
