@@ -251,6 +251,11 @@ struct ServeArgs {
     /// Where the ADS server listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     xds_addr: SocketAddr,
+    /// Where the admin server listens: /healthz, /readyz, /metrics, /diag, /api/v1/,
+    /// POST /webhook. Loopback by default; it shows the whole configuration, so bind a
+    /// public address only on purpose.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8877")]
+    admin_addr: SocketAddr,
     /// Where the last good snapshot is kept across restarts.
     #[arg(long, value_name = "DIR", default_value = ".attache-state")]
     state_dir: PathBuf,
@@ -601,6 +606,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
         },
         retry: std::time::Duration::from_secs(1),
         webhook_secret: args.webhook_secret_file.clone(),
+        admin_addr: args.admin_addr,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
