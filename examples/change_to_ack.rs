@@ -43,7 +43,13 @@ fn fail(message: &str) -> ! {
 }
 
 /// One HTTP/1.1 request on a fresh connection; the status and body.
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String)> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!(
@@ -60,19 +66,31 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     stream.read_to_end(&mut response).ok()?;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// The sum of Envoy's RDS `update_success` counters.
 fn rds_updates(admin: SocketAddr) -> u64 {
-    http(admin, "GET", "/stats?filter=rds%5C..*%5C.update_success$", &[], b"")
-        .map(|(_, body)| {
-            body.lines()
-                .filter_map(|l| l.rsplit_once(": ").and_then(|(_, v)| v.trim().parse::<u64>().ok()))
-                .sum()
-        })
-        .unwrap_or(0)
+    http(
+        admin,
+        "GET",
+        "/stats?filter=rds%5C..*%5C.update_success$",
+        &[],
+        b"",
+    )
+    .map(|(_, body)| {
+        body.lines()
+            .filter_map(|l| {
+                l.rsplit_once(": ")
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    })
+    .unwrap_or(0)
 }
 
 fn config(listener_port: u16, prefix: &str) -> [(&'static str, String); 2] {
@@ -95,7 +113,14 @@ fn config(listener_port: u16, prefix: &str) -> [(&'static str, String); 2] {
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .current_dir(dir)
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.com", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -114,9 +139,14 @@ fn main() {
         match arg.as_str() {
             "--mode" => mode = args.next().unwrap_or_default(),
             "--iterations" => {
-                iterations = args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| fail("--iterations N"))
+                iterations = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| fail("--iterations N"))
             }
-            other => fail(&format!("unknown argument {other:?}; use --mode dir|git --iterations N")),
+            other => fail(&format!(
+                "unknown argument {other:?}; use --mode dir|git --iterations N"
+            )),
         }
     }
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&e.to_string()));
@@ -125,7 +155,9 @@ fn main() {
         .and_then(Path::parent)
         .map(|d| d.join("attache"))
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| fail("no attache binary next to the examples: run `cargo build --release` first"));
+        .unwrap_or_else(|| {
+            fail("no attache binary next to the examples: run `cargo build --release` first")
+        });
     let envoy = std::env::var_os("ENVOY")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"));
@@ -153,14 +185,30 @@ fn main() {
         "git" => {
             let remote = tmp.join("remote.git");
             let work = tmp.join("work");
-            git(&tmp, &["init", "-q", "--bare", "-b", "main", &remote.display().to_string()]);
-            git(&tmp, &["init", "-q", "-b", "main", &work.display().to_string()]);
+            git(
+                &tmp,
+                &[
+                    "init",
+                    "-q",
+                    "--bare",
+                    "-b",
+                    "main",
+                    &remote.display().to_string(),
+                ],
+            );
+            git(
+                &tmp,
+                &["init", "-q", "-b", "main", &work.display().to_string()],
+            );
             for (name, text) in config(listener_port, "p0") {
                 std::fs::write(work.join(name), text).unwrap_or_else(|e| fail(&e.to_string()));
             }
             git(&work, &["add", "-A"]);
             git(&work, &["commit", "-q", "-m", "p0"]);
-            git(&work, &["push", "-q", &remote.display().to_string(), "HEAD:main"]);
+            git(
+                &work,
+                &["push", "-q", &remote.display().to_string(), "HEAD:main"],
+            );
             (
                 vec![
                     "--git".to_owned(),
@@ -180,7 +228,12 @@ fn main() {
         Command::new(&attache)
             .arg("serve")
             .args(&source_args)
-            .args(["--xds-addr", &xds.to_string(), "--admin-addr", &admin.to_string()])
+            .args([
+                "--xds-addr",
+                &xds.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+            ])
             .arg("--state-dir")
             .arg(tmp.join("state"))
             .env("RUST_LOG", "warn")
@@ -190,15 +243,26 @@ fn main() {
     );
     let bootstrap = Command::new(&attache)
         .args(["bootstrap", "--node-id", "bench", "--cluster", "bench"])
-        .args(["--xds-address", &xds.to_string(), "--admin-port", &envoy_admin.port().to_string()])
+        .args([
+            "--xds-address",
+            &xds.to_string(),
+            "--admin-port",
+            &envoy_admin.port().to_string(),
+        ])
         .output()
         .unwrap_or_else(|e| fail(&e.to_string()));
-    std::fs::write(tmp.join("envoy.yaml"), &bootstrap.stdout).unwrap_or_else(|e| fail(&e.to_string()));
+    std::fs::write(tmp.join("envoy.yaml"), &bootstrap.stdout)
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let _envoy = Killed(
         Command::new(&envoy)
             .arg("-c")
             .arg(tmp.join("envoy.yaml"))
-            .args(["--base-id", &(std::process::id() % 100_000).to_string(), "--log-level", "warn"])
+            .args([
+                "--base-id",
+                &(std::process::id() % 100_000).to_string(),
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -220,10 +284,27 @@ fn main() {
         std::fs::write(work.join(name), text).unwrap_or_else(|e| fail(&e.to_string()));
         if mode == "git" {
             git(&work, &["commit", "-q", "-am", &format!("p{i}")]);
-            git(&work, &["push", "-q", &tmp.join("remote.git").display().to_string(), "HEAD:main"]);
+            git(
+                &work,
+                &[
+                    "push",
+                    "-q",
+                    &tmp.join("remote.git").display().to_string(),
+                    "HEAD:main",
+                ],
+            );
             let body = br#"{"ref":"refs/heads/main"}"#;
             let signature = attache::source::webhook::github_signature(secret.as_bytes(), body);
-            let answer = http(admin, "POST", "/webhook", &[("x-hub-signature-256", &signature), ("x-github-event", "push")], body);
+            let answer = http(
+                admin,
+                "POST",
+                "/webhook",
+                &[
+                    ("x-hub-signature-256", &signature),
+                    ("x-github-event", "push"),
+                ],
+                body,
+            );
             if !matches!(answer, Some((200..=299, _))) {
                 fail(&format!("webhook answered {answer:?}"));
             }
@@ -231,7 +312,9 @@ fn main() {
         let deadline = started + Duration::from_secs(10);
         while rds_updates(envoy_admin) <= before {
             if Instant::now() > deadline {
-                fail(&format!("iteration {i}: Envoy did not apply the change within 10 s"));
+                fail(&format!(
+                    "iteration {i}: Envoy did not apply the change within 10 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(1));
         }

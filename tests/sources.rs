@@ -20,23 +20,27 @@ const ATTACHE: &str = env!("CARGO_BIN_EXE_attache");
 struct Serve {
     child: Child,
     log: PathBuf,
+    /// The admin server (webhook, API).
+    admin: SocketAddr,
 }
 
 impl Serve {
     fn start(source_args: &[&str], state: &Path, xds: SocketAddr, log: PathBuf) -> Serve {
         let file = std::fs::File::create(&log).expect("create attache log");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(ATTACHE)
             .arg("serve")
             .args(source_args)
             .arg("--state-dir")
             .arg(state)
             .args(["--xds-addr", &xds.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
             .env("RUST_LOG", "attache=info")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawn attache serve");
-        Serve { child, log }
+        Serve { child, log, admin }
     }
 
     fn log(&self) -> String {
@@ -418,11 +422,156 @@ fn git_path_tag_and_pinned_commit() {
         .arg("--state-dir")
         .arg(tmp.path().join("state-nope"))
         .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .output()
         .expect("run attache");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no directory \"nope\""), "{stderr}");
+}
+
+/// `POST path` with `body` (of which only `send` bytes are sent, to test a refused
+/// oversized body); the response status, or 0 when the connection broke first.
+fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8], send: usize) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    if stream.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    // Written from another thread: a server that refuses a large body answers before it
+    // has read all of it, and that answer must be read while the body is still going.
+    let part = body[..send.min(body.len())].to_vec();
+    let writer = stream.try_clone().ok().map(|mut w| {
+        std::thread::spawn(move || {
+            let _ = w.write_all(&part);
+        })
+    });
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    drop(stream);
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_signed_webhook_fetches_at_once_and_nothing_else_does() {
+    let Some(envoy_bin) = util::envoy_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::new(tmp.path());
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    repo.commit(&gateway(listener.port(), &[("a", &a)]), &[], "route /a/");
+    let secret = tmp.path().join("webhook-secret");
+    std::fs::write(&secret, "s3cret\n").expect("write secret");
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let url = repo.url();
+    // Polling alone would take ten minutes: only the webhook can make this test pass.
+    let serve = Serve::start(
+        &[
+            "--git",
+            &url,
+            "--interval",
+            "10m",
+            "--webhook-secret-file",
+            path_str(&secret),
+        ],
+        &tmp.path().join("state"),
+        xds,
+        tmp.path().join("attache.log"),
+    );
+    let admin = free_port();
+    let envoy = EnvoyProcess::start(&envoy_bin, &bootstrap(tmp.path(), xds, admin), admin);
+    until_routed(&envoy, listener, "a", Some(&a), &serve);
+
+    repo.commit(
+        &gateway(listener.port(), &[("a", &a), ("b", &b)]),
+        &[],
+        "add /b/",
+    );
+    let body = br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
+    let good = attache::source::webhook::github_signature(b"s3cret", body);
+    let wrong = attache::source::webhook::github_signature(b"guess", body);
+    // Refused, and nothing fetched: a wrong signature, a missing one, a wrong GitLab
+    // token, a body too large to be read.
+    for (headers, status) in [
+        (vec![("x-hub-signature-256", wrong.as_str())], 401),
+        (vec![], 401),
+        (vec![("x-gitlab-token", "s3cre")], 401),
+    ] {
+        assert_eq!(
+            post(serve.admin, "/webhook", &headers, body, body.len()),
+            status,
+            "{headers:?}"
+        );
+    }
+    let huge = vec![b' '; 6 * 1024 * 1024];
+    let huge_signature = attache::source::webhook::github_signature(b"s3cret", &huge);
+    assert_eq!(
+        post(
+            serve.admin,
+            "/webhook",
+            &[("x-hub-signature-256", &huge_signature)],
+            &huge,
+            huge.len()
+        ),
+        413
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        get(listener, "b").map(|r| r.0),
+        Some(404),
+        "{}",
+        serve.log()
+    );
+
+    // A valid GitHub signature: fetched at once.
+    assert_eq!(
+        post(
+            serve.admin,
+            "/webhook",
+            &[("x-hub-signature-256", &good)],
+            body,
+            body.len()
+        ),
+        202
+    );
+    until_routed(&envoy, listener, "b", Some(&b), &serve);
+    // And a GitLab token.
+    repo.commit(&gateway(listener.port(), &[("c", &c)]), &[], "only /c/");
+    assert_eq!(
+        post(
+            serve.admin,
+            "/webhook",
+            &[("x-gitlab-token", "s3cret")],
+            b"{}",
+            2
+        ),
+        202
+    );
+    until_routed(&envoy, listener, "c", Some(&c), &serve);
 }
 
 /// `git daemon` serving `base` on `port`, killed on drop.
