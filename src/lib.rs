@@ -11,8 +11,11 @@
 //! Start reading at [`config::load_dir`], then [`translate::translate`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod diff;
 pub mod endpoints;
+pub mod metrics;
 pub mod pipeline;
 pub mod render;
 pub mod serve;

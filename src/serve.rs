@@ -21,7 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::config;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
 use crate::snapshot::{CanarySelector, Store, StoreConfig};
 use crate::source::Source;
@@ -58,6 +60,8 @@ pub struct ServeConfig {
     pub retry: Duration,
     /// The shared secret of `POST /webhook` (GitHub HMAC or GitLab token).
     pub webhook_secret: Option<PathBuf>,
+    /// Where the admin server (health, metrics, `/diag`, API, webhook) listens.
+    pub admin_addr: SocketAddr,
     /// Where endpoints come from: EndpointSlices, or DNS outside Kubernetes.
     pub endpoints: crate::endpoints::Discovery,
 }
@@ -97,6 +101,9 @@ pub enum Error {
     /// The ADS server failed.
     #[error(transparent)]
     Xds(#[from] xds::Error),
+    /// The admin address could not be bound.
+    #[error(transparent)]
+    Admin(#[from] admin::Error),
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -107,10 +114,12 @@ pub enum Error {
 /// anything to serve; [`Error::Bind`] when the xDS address is taken; [`Error::Xds`] when
 /// the server fails.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
     let store = Arc::new(Store::new(StoreConfig {
         state_dir: Some(config.state_dir.clone()),
         canary: config.canary.clone(),
         canary_bake: config.canary_bake,
+        metrics: Some(metrics.clone()),
         ..StoreConfig::default()
     }));
     let persisted = match store.load_persisted() {
@@ -124,14 +133,14 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         }
     };
     let wake = Arc::new(Notify::new());
-    let _webhook = match &config.webhook_secret {
+    let webhook = match &config.webhook_secret {
         Some(path) => Some(Webhook::from_file(path, wake.clone())?),
         None => None,
     };
     let source: Box<dyn Source> = match &config.source {
         SourceConfig::Dir(dir) => Box::new(DirSource::new(
             dir.clone(),
-            config.load.limits.clone(),
+            config.load.limits,
             wake.clone(),
         )),
         SourceConfig::Git(git) => Box::new(GitSource::new(git.clone())),
@@ -146,6 +155,29 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         Some(endpoints),
         config.retry,
     );
+    // Up before the first poll (a clone can take a while): /healthz answers, /readyz says
+    // whether the persisted snapshot is served. Stopped when `run` returns, error or not.
+    let admin_stop = shutdown.child_token();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let admin_state = admin::State::new(
+        store.clone(),
+        pipeline.status(),
+        metrics.clone(),
+        webhook.map(admin_webhook),
+    );
+    let admin_listener = admin::bind(config.admin_addr).await?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state,
+        admin_stop.clone(),
+    ));
+    let git = matches!(config.source, SourceConfig::Git(_));
+    tokio::spawn(metrics::follow_status(
+        pipeline.status(),
+        metrics,
+        git,
+        admin_stop,
+    ));
     let (source, first) = pipeline.poll(source).await;
     let first = first.and_then(
         |()| match pipeline.status().borrow().last_attempted.as_ref() {
@@ -193,4 +225,18 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         tracing::error!("the revision pipeline ended abnormally: {join}");
     }
     result
+}
+
+/// The source's webhook verifier as the admin server calls it.
+fn admin_webhook(webhook: Webhook) -> admin::Webhook {
+    Arc::new(move |headers, body| match webhook.receive(headers, body) {
+        Ok(sender) => {
+            tracing::info!(?sender, "webhook verified: polling the source now");
+            admin::WebhookOutcome::Triggered
+        }
+        Err(rejection @ webhook::Rejection::TooLarge) => {
+            admin::WebhookOutcome::TooLarge(rejection.to_string())
+        }
+        Err(rejection) => admin::WebhookOutcome::Unauthorized(rejection.to_string()),
+    })
 }

@@ -25,6 +25,8 @@ impl Serve {
             .arg("--state-dir")
             .arg(state)
             .args(["--xds-addr", &xds.to_string()])
+            // Port 0: tests run in parallel, and the default 8877 is one port.
+            .args(["--admin-addr", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -178,7 +180,14 @@ fn serve_with_nothing_to_serve_exits_with_an_error_naming_the_dir() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let missing = tmp.path().join("no-such-config");
     let output = Command::new(ATTACHE)
-        .args(["serve", "--xds-addr", "127.0.0.1:0", "--dir"])
+        .args([
+            "serve",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(&missing)
         .arg("--state-dir")
         .arg(tmp.path().join("state"))

@@ -12,7 +12,6 @@
 
 mod status;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -262,14 +261,10 @@ impl Pipeline {
 
 /// Resolves when `endpoints` changed (`true`) or its sender is gone (`false`); never
 /// when there is no receiver.
-fn endpoints_changed(
-    endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>,
-) -> impl Future<Output = bool> + '_ {
-    async move {
-        match endpoints {
-            Some(rx) => rx.changed().await.is_ok(),
-            None => std::future::pending().await,
-        }
+async fn endpoints_changed(endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>) -> bool {
+    match endpoints {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

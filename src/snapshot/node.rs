@@ -8,6 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+use envoy_types::pb::google::protobuf::Value;
+use envoy_types::pb::google::protobuf::value::Kind;
 use serde::{Deserialize, Serialize};
 
 use super::ResourceType;
@@ -37,6 +41,13 @@ pub struct NodeState {
     pub cluster: String,
     /// Whether the canary selector matches this node.
     pub canary: bool,
+    /// `node.metadata` as JSON (what `--canary metadata.KEY=VALUE` matches), as the node
+    /// last sent it.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// `user_agent_name/version`, e.g. `envoy/1.40.0`; empty when the node sent none.
+    #[serde(default)]
+    pub user_agent: String,
     /// Open streams (more than one when a node reconnects before the old stream closed).
     pub streams: Vec<StreamInfo>,
     /// Per resource type, the last response sent and the last one ACKed.
@@ -117,6 +128,49 @@ pub(crate) struct NodeEntry {
     pub(crate) rejected: BTreeMap<ResourceType, VecDeque<String>>,
 }
 
+/// How deep node metadata is converted; deeper values show as `"..."`, so a hostile
+/// node cannot make the conversion recurse without bound.
+const MAX_METADATA_DEPTH: usize = 8;
+
+fn json(value: &Value, depth: usize) -> serde_json::Value {
+    if depth >= MAX_METADATA_DEPTH {
+        return serde_json::Value::String("...".into());
+    }
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(|v| json(v, depth + 1)).collect())
+        }
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v, depth + 1)))
+                .collect(),
+        ),
+    }
+}
+
+fn user_agent(node: &Node) -> String {
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+            .version
+            .as_ref()
+            .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    match (node.user_agent_name.is_empty(), version.is_empty()) {
+        (true, _) => version,
+        (false, true) => node.user_agent_name.clone(),
+        (false, false) => format!("{}/{version}", node.user_agent_name),
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,6 +187,8 @@ impl NodeEntry {
                 id: id.to_owned(),
                 cluster: cluster.to_owned(),
                 canary,
+                metadata: BTreeMap::new(),
+                user_agent: String::new(),
                 streams: Vec::new(),
                 types: BTreeMap::new(),
                 nacks: Vec::new(),
@@ -159,6 +215,21 @@ impl NodeEntry {
             self.state.nacks.remove(0);
         }
         self.state.nacks.push(nack);
+    }
+
+    /// Takes what the node says about itself on a new stream.
+    pub(crate) fn describe(&mut self, node: &Node) {
+        self.state.metadata = node
+            .metadata
+            .as_ref()
+            .map(|m| {
+                m.fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json(v, 0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.state.user_agent = user_agent(node);
     }
 
     pub(crate) fn is_rejected(&self, kind: ResourceType, version: &str) -> bool {

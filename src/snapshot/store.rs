@@ -22,6 +22,7 @@ use super::{
     CanarySelector, Diff, NackRecord, NodeState, Protocol, ResourceType, Result, RolloutStatus,
     Snapshot, StreamInfo, persist,
 };
+use crate::metrics::Metrics;
 
 /// How many disconnected nodes the store remembers (their NACKs keep a rejected version
 /// from being resent on reconnect); the longest-gone are forgotten first.
@@ -40,6 +41,9 @@ pub struct StoreConfig {
     /// How many published snapshots to keep for diffs and the admin API (default 20,
     /// at least 1).
     pub history: usize,
+    /// Where to count responses sent, ACKs, NACKs and publish-to-ACK latency; `None`
+    /// counts nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Which snapshot each kind of node should hold now.
@@ -70,6 +74,8 @@ struct Inner {
     latest: Option<Arc<Snapshot>>,
     history: VecDeque<Arc<Snapshot>>,
     nodes: BTreeMap<String, NodeEntry>,
+    /// When each snapshot in the history was published, for publish-to-ACK latency.
+    published: VecDeque<(String, std::time::Instant)>,
 }
 
 /// One open ADS stream's line to the store: the xDS server reports through it what it
@@ -80,6 +86,11 @@ pub struct StreamHandle {
     node_id: String,
     stream_id: u64,
     canary: bool,
+    /// When the stream opened: a snapshot published before cannot reach the node sooner.
+    opened: std::time::Instant,
+    /// The version last sent per type on this stream, so only an ACK of a response this
+    /// stream sent counts as one (not a reconnecting node's claim of what it holds).
+    sent: Mutex<BTreeMap<ResourceType, String>>,
 }
 
 // === impl StoreConfig ===
@@ -91,6 +102,7 @@ impl Default for StoreConfig {
             canary: None,
             canary_bake: Duration::from_secs(10),
             history: 20,
+            metrics: None,
         }
     }
 }
@@ -126,6 +138,7 @@ impl Store {
                 latest: None,
                 history: VecDeque::new(),
                 nodes: BTreeMap::new(),
+                published: VecDeque::new(),
             }),
             targets: watch::Sender::new(Arc::new(Targets::default())),
             deadline: watch::Sender::new(None),
@@ -158,6 +171,7 @@ impl Store {
         );
         inner.latest = Some(snapshot.clone());
         push_history(&mut inner.history, snapshot.clone(), self.config.history);
+        self.published_now(&mut inner, &snapshot);
         self.refresh(&inner);
         tracing::info!(version = snapshot.version(), "serving persisted snapshot");
         Ok(Some(snapshot))
@@ -178,6 +192,7 @@ impl Store {
             let mut inner = self.inner.lock();
             inner.latest = Some(snapshot.clone());
             push_history(&mut inner.history, snapshot.clone(), self.config.history);
+            self.published_now(&mut inner, &snapshot);
             let step = inner.rollout.publish(snapshot.clone(), Instant::now());
             let synced = canaries_synced(&inner);
             let next = inner.rollout.canaries_synced(synced, Instant::now());
@@ -260,6 +275,35 @@ impl Store {
         self.inner.lock().nodes.get(id).map(|n| n.state.clone())
     }
 
+    /// How many nodes have an open stream, and how many streams are open; cheaper than
+    /// [`Store::nodes`] for a metrics scrape.
+    pub fn connection_counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        let mut nodes = 0;
+        let mut streams = 0;
+        for node in inner.nodes.values() {
+            nodes += usize::from(!node.state.streams.is_empty());
+            streams += node.state.streams.len();
+        }
+        (nodes, streams)
+    }
+
+    /// Notes when `snapshot` was published; as many are kept as the history holds.
+    fn published_now(&self, inner: &mut Inner, snapshot: &Snapshot) {
+        if self.config.metrics.is_none() {
+            return;
+        }
+        let version = snapshot.version();
+        if !inner.published.iter().any(|(v, _)| v == version) {
+            inner
+                .published
+                .push_back((version.to_owned(), std::time::Instant::now()));
+        }
+        while inner.published.len() > self.config.history.max(1) {
+            inner.published.pop_front();
+        }
+    }
+
     /// Records a new stream of `node` and returns its handle.
     pub fn open_stream(self: &Arc<Self>, node: &Node, protocol: Protocol) -> StreamHandle {
         let canary = self.is_canary(node);
@@ -271,6 +315,7 @@ impl Store {
             .or_insert_with(|| NodeEntry::new(&node.id, &node.cluster, canary));
         entry.state.cluster.clone_from(&node.cluster);
         entry.state.canary = canary;
+        entry.describe(node);
         entry.state.disconnected_at_ms = None;
         entry.state.streams.push(StreamInfo {
             id: stream_id,
@@ -287,6 +332,8 @@ impl Store {
             node_id: node.id.clone(),
             stream_id,
             canary,
+            opened: std::time::Instant::now(),
+            sent: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -452,6 +499,10 @@ impl StreamHandle {
             at_ms: now_ms(),
         };
         self.with_node(|n| n.state.types.entry(kind).or_default().sent = Some(sent));
+        if let Some(metrics) = &self.store.config.metrics {
+            metrics.response_sent(kind);
+            self.sent.lock().insert(kind, version.to_owned());
+        }
     }
 
     /// The node ACKed the response of content `version` from `snapshot`.
@@ -462,6 +513,21 @@ impl StreamHandle {
             at_ms: now_ms(),
         };
         self.with_node(|n| n.state.types.entry(kind).or_default().acked = Some(acked));
+        if let Some(metrics) = &self.store.config.metrics {
+            if self.sent.lock().get(&kind).map(String::as_str) != Some(version) {
+                return;
+            }
+            let published = self
+                .store
+                .inner
+                .lock()
+                .published
+                .iter()
+                .find(|(v, _)| v == snapshot)
+                .map(|(_, at)| *at);
+            let latency = published.map(|at| at.max(self.opened).elapsed());
+            metrics.acked(kind, latency);
+        }
     }
 
     /// The node rejected the response of content `version` from `snapshot` with Envoy's
@@ -497,6 +563,9 @@ impl StreamHandle {
             resource_versions,
         );
         tracing::warn!(node.id = %self.node_id, %kind, version, snapshot, message, "NACK");
+        if let Some(metrics) = &self.store.config.metrics {
+            metrics.nacked(kind);
+        }
         if self.canary
             && inner.rollout.canary_nack(snapshot, &self.node_id, message) == Step::Halted
         {

@@ -206,6 +206,7 @@ fn store(dir: Option<&std::path::Path>, canary: Option<&str>) -> Arc<Store> {
         canary: canary.map(|c| CanarySelector::try_new(c).expect("valid selector")),
         canary_bake: std::time::Duration::from_secs(10),
         history: 3,
+        metrics: None,
     }))
 }
 
