@@ -146,6 +146,9 @@ fn endpoints(service: usize, seq: u64, count: usize) -> Vec<Ep> {
     out
 }
 
+/// By Service, the updates sent and not yet seen by the client: (sequence, sent at).
+type Pending = HashMap<usize, VecDeque<(u64, Instant)>>;
+
 /// Which service and update a ClusterLoadAssignment shows.
 fn decode(cla: &ClusterLoadAssignment) -> Option<(usize, u64)> {
     let service: usize = cla
@@ -292,8 +295,7 @@ async fn drive(args: &Args) {
         .expect("open delta stream")
         .into_inner();
 
-    // (service) -> updates sent and not yet seen: (seq, sent at).
-    let pending: Arc<Mutex<HashMap<usize, VecDeque<(u64, Instant)>>>> = Arc::default();
+    let pending: Arc<Mutex<Pending>> = Arc::default();
     let lags: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let responses = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let initial = Arc::new(tokio::sync::Notify::new());
