@@ -46,7 +46,7 @@ impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
             namespaces: Vec::new(),
-            window: Duration::from_millis(20),
+            window: Duration::from_millis(10),
         }
     }
 }
