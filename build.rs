@@ -46,6 +46,9 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/grpc/v3/als.proto",
+    "envoy/config/trace/v3/zipkin.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
 ];
 
 fn main() {
