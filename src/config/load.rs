@@ -248,6 +248,45 @@ pub fn parse_files(
     parsed
 }
 
+/// Kinds whose absence would let through traffic they exist to stop (see
+/// `Outcome::is_accepted`).
+const ENFORCING_KINDS: &[&str] = &["AuthService", "RateLimitService", "LocalRateLimit"];
+
+/// A file that cannot be parsed may have held an AuthService (or another enforcing kind):
+/// say so as an error of that kind, so that `--allow-partial` does not serve the rest of
+/// the revision without it. Mentioning the kind anywhere counts; a false alarm only
+/// rejects a revision whose file is broken anyway.
+fn unreadable_enforcing(file: &Arc<str>, bytes: &[u8], diagnostics: &mut Vec<Diagnostic>) {
+    for kind in ENFORCING_KINDS {
+        if bytes.windows(kind.len()).any(|w| w == kind.as_bytes()) {
+            diagnostics.push(Diagnostic {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                resource: Some(ResourceRef {
+                    kind: (*kind).to_owned(),
+                    name: "(unreadable)".to_owned(),
+                }),
+                field: String::new(),
+                message: format!(
+                    "this file mentions {kind} but cannot be read: refusing to serve without it"
+                ),
+            });
+        }
+    }
+}
+
+/// The `metadata.name` (CRD form) or `name` (flat form) of a document, if it has one.
+fn document_name(doc: &Node) -> String {
+    doc.get("metadata")
+        .and_then(|m| m.get("name"))
+        .or_else(|| doc.get("name"))
+        .and_then(Node::as_str)
+        .unwrap_or("(unnamed)")
+        .to_owned()
+}
+
 /// Below this many bytes a revision parses faster on one thread than it takes to start more.
 const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 /// Parsing is memory-bound beyond a few cores.
@@ -292,6 +331,7 @@ fn parse_some(
                     field: String::new(),
                     message: e.message,
                 });
+                unreadable_enforcing(&name, &file.bytes, diagnostics);
                 continue;
             }
         };
@@ -413,7 +453,10 @@ impl DocContext<'_> {
             let node = doc.get("apiVersion").unwrap_or(doc);
             self.error(
                 node,
-                None,
+                Some(ResourceRef {
+                    kind: kind.clone(),
+                    name: document_name(doc),
+                }),
                 "apiVersion".into(),
                 format!("{kind} is an attache extension: use apiVersion {ATTACHE_API_VERSION}"),
             );
@@ -428,7 +471,10 @@ impl DocContext<'_> {
                 let node = doc.get("apiVersion").unwrap_or(doc);
                 self.error(
                     node,
-                    None,
+                    Some(ResourceRef {
+                        kind: kind.clone(),
+                        name: document_name(doc),
+                    }),
                     "apiVersion".into(),
                     format!("unknown apiVersion {api_version:?}; expected one of {known}"),
                 );

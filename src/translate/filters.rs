@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog as EnvoyAccessLog, access_log};
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiVersion, DataSource, GrpcService, Http1ProtocolOptions, HttpUri, SubstitutionFormatString,
-    data_source, grpc_service, http_uri, substitution_format_string,
+    ApiVersion, DataSource, GrpcService, HeaderValue, HeaderValueOption, Http1ProtocolOptions,
+    HttpUri, RuntimeFractionalPercent, SubstitutionFormatString, data_source, grpc_service,
+    header_value_option::HeaderAppendAction, http_uri, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
 use envoy_types::pb::envoy::config::trace::v3::{
@@ -28,6 +29,9 @@ use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
 };
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     StdoutAccessLog, stdout_access_log,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    LocalRateLimitDescriptor, XRateLimitHeadersRfcVersion, rate_limit_descriptor,
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
@@ -43,13 +47,17 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListStringMatcher, StringMatcher, string_matcher,
 };
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, Percent};
+use envoy_types::pb::envoy::r#type::v3::{
+    FractionalPercent, HttpStatus, Percent, fractional_percent,
+};
 use envoy_types::pb::google::protobuf::{
     Any, BoolValue, Struct, UInt32Value, Value, value::Kind as ValueKind,
 };
 use envoy_types::util::pack_any;
+use prost::{Message, Name};
 
 use super::route::duration_ms;
+use super::route_policy;
 use crate::config::{
     AccessLogFormat, Action, AuthProtocol, Config, LogService, Target, TracingDriver,
 };
@@ -129,16 +137,8 @@ pub(super) fn apply(
             }),
         ));
     }
-    if routes().any(|p| p.local_rate_limit.is_some()) {
-        // No bucket here: routes without one are not limited; each limited route brings
-        // its own in `typed_per_filter_config`.
-        chain.push(filter(
-            LOCAL_RATE_LIMIT,
-            pack_any(LocalRateLimit {
-                stat_prefix: LOCAL_RATE_LIMIT_STATS.to_owned(),
-                ..Default::default()
-            }),
-        ));
+    if let Some(local) = local_rate_limit(config) {
+        chain.push(filter(LOCAL_RATE_LIMIT, pack_any(local)));
     }
     chain.push(filter(ROUTER, pack_any(Router::default())));
     hcm.http_filters = chain;
@@ -168,6 +168,59 @@ pub(super) fn apply(
             provider: Some(tracer(t, cluster(&t.target))),
             ..Default::default()
         });
+}
+
+/// One filter holding every limited Mapping's bucket as a descriptor, selected by the
+/// `rate_limits` entry its route sends at the local stage (see `route_policy`). There is
+/// no default bucket: requests of other routes match no descriptor and are not limited.
+/// Limited requests get 429 with the draft-03 `x-ratelimit-*` headers and
+/// `x-local-rate-limit: true`, so a client can tell Envoy's 429 from an upstream's.
+fn local_rate_limit(config: &Config) -> Option<LocalRateLimit> {
+    let descriptors: Vec<LocalRateLimitDescriptor> = config
+        .mappings
+        .iter()
+        .filter_map(|m| match &m.action {
+            Action::Route(r) => r.policy.local_rate_limit.map(|b| (m, b)),
+            Action::Redirect(_) => None,
+        })
+        .map(|(m, bucket)| LocalRateLimitDescriptor {
+            entries: vec![rate_limit_descriptor::Entry {
+                key: route_policy::LOCAL_RATE_LIMIT_KEY.to_owned(),
+                value: route_policy::local_rate_limit_value(m),
+            }],
+            token_bucket: Some(route_policy::token_bucket(&bucket)),
+            ..Default::default()
+        })
+        .collect();
+    if descriptors.is_empty() {
+        return None;
+    }
+    let always = || RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: fractional_percent::DenominatorType::Hundred as i32,
+        }),
+        // Envoy requires a key; no runtime layer sets it, so the default always applies.
+        runtime_key: "attache.local_rate_limit".to_owned(),
+    };
+    Some(LocalRateLimit {
+        stat_prefix: LOCAL_RATE_LIMIT_STATS.to_owned(),
+        descriptors,
+        stage: route_policy::LOCAL_RATE_LIMIT_STAGE,
+        filter_enabled: Some(always()),
+        filter_enforced: Some(always()),
+        response_headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-local-rate-limit".to_owned(),
+                value: "true".to_owned(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }],
+        enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
+        ..Default::default()
+    })
 }
 
 fn filter(name: &str, config: Any) -> HttpFilter {
@@ -262,49 +315,77 @@ fn ext_authz(auth: &crate::config::AuthService, cluster: String) -> ExtAuthz {
 fn access_logs(config: &Config, cluster: &dyn Fn(&Target) -> String) -> Vec<EnvoyAccessLog> {
     let mut logs = Vec::new();
     if let Some(log) = &config.module.access_log {
-        let format = match &log.format {
-            AccessLogFormat::Default => None,
-            AccessLogFormat::Text(text) => Some(
-                substitution_format_string::Format::TextFormatSource(DataSource {
-                    // Envoy writes the format as is: each entry needs its own line end.
-                    specifier: Some(data_source::Specifier::InlineString(
-                        if text.ends_with('\n') {
-                            text.clone()
-                        } else {
-                            format!("{text}\n")
-                        },
-                    )),
-                    ..Default::default()
-                }),
-            ),
-            AccessLogFormat::Json(fields) => Some(substitution_format_string::Format::JsonFormat(
-                json_struct(fields),
-            )),
+        let format = |fields: Option<&BTreeMap<String, String>>| {
+            let format = match (&log.format, fields) {
+                (AccessLogFormat::Default, _) => return None,
+                (AccessLogFormat::Text(text), _) => {
+                    substitution_format_string::Format::TextFormatSource(DataSource {
+                        // Envoy writes the format as is: each entry needs its own line end.
+                        specifier: Some(data_source::Specifier::InlineString(
+                            if text.ends_with('\n') {
+                                text.clone()
+                            } else {
+                                format!("{text}\n")
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                }
+                (AccessLogFormat::Json(all), only) => {
+                    substitution_format_string::Format::JsonFormat(json_struct(only.unwrap_or(all)))
+                }
+            };
+            Some(SubstitutionFormatString {
+                format: Some(format),
+                ..Default::default()
+            })
         };
-        let format = format.map(|f| SubstitutionFormatString {
-            format: Some(f),
-            ..Default::default()
-        });
-        logs.push(match &log.path {
-            Some(path) => access_log(
+        let (name, logger) = match &log.path {
+            Some(path) => (
                 "envoy.access_loggers.file",
-                pack_any(FileAccessLog {
+                pack_per_field(&log.format, |fields| FileAccessLog {
                     path: path.clone(),
-                    access_log_format: format.map(file_access_log::AccessLogFormat::LogFormat),
+                    access_log_format: format(fields)
+                        .map(file_access_log::AccessLogFormat::LogFormat),
                 }),
             ),
-            None => access_log(
+            None => (
                 "envoy.access_loggers.stdout",
-                pack_any(StdoutAccessLog {
-                    access_log_format: format.map(stdout_access_log::AccessLogFormat::LogFormat),
+                pack_per_field(&log.format, |fields| StdoutAccessLog {
+                    access_log_format: format(fields)
+                        .map(stdout_access_log::AccessLogFormat::LogFormat),
                 }),
             ),
-        });
+        };
+        logs.push(access_log(name, logger));
     }
     for service in &config.log_services {
         logs.push(grpc_access_log(service, cluster(&service.target)));
     }
     logs
+}
+
+/// Packs a logger. A JSON format is a `Struct`, whose fields prost keeps in a `HashMap`
+/// and encodes in an order that differs between equal maps; so the logger is encoded once
+/// per JSON field, with that field alone, and the encodings are concatenated: protobuf
+/// merges repeated messages, so Envoy reads one logger with every field, and the bytes
+/// follow the fields' sorted order (as `provenance` does for metadata).
+fn pack_per_field<M: Message + Name>(
+    format: &AccessLogFormat,
+    make: impl Fn(Option<&BTreeMap<String, String>>) -> M,
+) -> Any {
+    let AccessLogFormat::Json(fields) = format else {
+        return pack_any(make(None));
+    };
+    let mut value = Vec::new();
+    for (key, operator) in fields {
+        let one = BTreeMap::from([(key.clone(), operator.clone())]);
+        value.extend(make(Some(&one)).encode_to_vec());
+    }
+    Any {
+        type_url: M::type_url(),
+        value,
+    }
 }
 
 fn access_log(name: &str, config: Any) -> EnvoyAccessLog {

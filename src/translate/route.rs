@@ -29,7 +29,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 
 use super::names;
 use super::provenance::Provenance;
-use super::route_policy;
+use super::route_policy::{self, PerFilter};
 use crate::config::{
     Action, HeaderToAdd, HostPattern, KeyValueMatch, Mapping, PathMatch, Redirect, Rewrite, Target,
     ValueMatch,
@@ -222,8 +222,8 @@ impl<'a> Group<'a> {
         match &primary.action {
             Action::Redirect(redirect) => {
                 envoy.action = Some(route::Action::Redirect(redirect_action(redirect, &path)));
-                envoy.typed_per_filter_config =
-                    route_policy::per_filter_config(primary, None, auth_enabled);
+                let per_filter = route_policy::per_filter_config(primary, None, auth_enabled);
+                envoy.typed_per_filter_config = PerFilter::map(&per_filter.route);
                 set_route_headers(&mut envoy, primary);
             }
             Action::Route(settings) => {
@@ -250,14 +250,20 @@ impl<'a> Group<'a> {
                 action.retry_policy = policy.retry.as_ref().map(route_policy::retry_policy);
                 action.hash_policy = policy.hash.iter().map(route_policy::hash_policy).collect();
                 action.rate_limits = route_policy::rate_limits(&policy.rate_limits);
+                if policy.local_rate_limit.is_some() {
+                    action
+                        .rate_limits
+                        .push(route_policy::local_rate_limit_action(primary));
+                }
                 action.request_mirror_policies = self
                     .mirrors
                     .iter()
                     .filter_map(|m| Some(route_policy::mirror(cluster(m)?, m.weight)))
                     .collect();
-                envoy.typed_per_filter_config =
+                let per_filter =
                     route_policy::per_filter_config(primary, Some(policy), auth_enabled);
-                if self.members.len() == 1 {
+                envoy.typed_per_filter_config = PerFilter::map(&per_filter.route);
+                if self.members.len() == 1 && per_filter.cluster_weight.is_none() {
                     action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(
                         cluster(primary).unwrap_or_default(),
                     ));
@@ -272,7 +278,12 @@ impl<'a> Group<'a> {
                         .members
                         .iter()
                         .zip(weights)
-                        .map(|(m, weight)| cluster_weight(m, weight, cluster(m)))
+                        .map(|(m, weight)| {
+                            let mut entry = cluster_weight(m, weight, cluster(m));
+                            entry.typed_per_filter_config =
+                                PerFilter::map(&per_filter.cluster_weight);
+                            entry
+                        })
                         .collect();
                     action.cluster_specifier = Some(
                         route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {

@@ -4,19 +4,14 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
-    header_value_option::HeaderAppendAction,
-};
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::{
     RateLimit, RetryPolicy as EnvoyRetryPolicy, rate_limit, route_action,
 };
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
     ExtAuthzPerRoute, ext_authz_per_route,
 };
-use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, TokenBucket as EnvoyTokenBucket, fractional_percent,
@@ -125,36 +120,103 @@ pub(super) fn rate_limits(groups: &[RateLimitGroup]) -> Vec<RateLimit> {
         .collect()
 }
 
-/// The per-route filter configs of a Mapping: CORS, the local token bucket, and ext_authz
-/// switched off for `bypass_auth` (only when there is an AuthService, whose filter would
-/// otherwise not exist).
+/// Where a route's per-filter configs go.
+///
+/// prost encodes a protobuf map from a `HashMap`, in an order that differs between two
+/// maps with equal content, so a `typed_per_filter_config` with two entries would make
+/// two translations of one commit encode differently (see `provenance` for the same
+/// problem). Every map here therefore holds at most one entry: the route's carries
+/// ext_authz's (for `bypass_auth`) or else CORS; when a route needs both, CORS moves to
+/// its weighted cluster entries, which Envoy consults before the route. Local rate limits
+/// need no per-route config at all (see [`local_rate_limit_key`]).
+#[derive(Debug, Default)]
+pub(super) struct PerFilter {
+    /// For `Route.typed_per_filter_config`.
+    pub route: Option<(String, Any)>,
+    /// For every `ClusterWeight.typed_per_filter_config` of the route.
+    pub cluster_weight: Option<(String, Any)>,
+}
+
+impl PerFilter {
+    /// A map holding `entry`, if any: never more than one entry (see [`PerFilter`]).
+    pub(super) fn map(entry: &Option<(String, Any)>) -> HashMap<String, Any> {
+        entry.iter().cloned().collect()
+    }
+}
+
+/// The per-filter configs of a Mapping's route: ext_authz switched off for `bypass_auth`
+/// (only when there is an AuthService, whose filter would otherwise not exist) and its
+/// CORS policy.
 pub(super) fn per_filter_config(
     mapping: &Mapping,
     policy: Option<&RoutePolicy>,
     auth_enabled: bool,
-) -> HashMap<String, Any> {
-    let mut out = HashMap::new();
-    if auth_enabled && mapping.bypass_auth {
-        out.insert(
+) -> PerFilter {
+    let bypass = (auth_enabled && mapping.bypass_auth).then(|| {
+        (
             filters::EXT_AUTHZ.to_owned(),
             pack_any(ExtAuthzPerRoute {
                 r#override: Some(ext_authz_per_route::Override::Disabled(true)),
             }),
-        );
+        )
+    });
+    let cors = policy
+        .and_then(|p| p.cors.as_ref())
+        .map(|c| (filters::CORS.to_owned(), pack_any(cors_policy(c))));
+    match (bypass, cors) {
+        (Some(b), cors) => PerFilter {
+            route: Some(b),
+            cluster_weight: cors,
+        },
+        (None, cors) => PerFilter {
+            route: cors,
+            cluster_weight: None,
+        },
     }
-    let Some(policy) = policy else {
-        return out;
-    };
-    if let Some(cors) = &policy.cors {
-        out.insert(filters::CORS.to_owned(), pack_any(cors_policy(cors)));
+}
+
+/// The descriptor key under which a Mapping's local token bucket is found.
+///
+/// The local rate limit filter holds every Mapping's bucket as a descriptor (see
+/// `filters`), and each limited route sends its own `namespace/name` under this key at
+/// [`LOCAL_RATE_LIMIT_STAGE`], so no route needs a per-filter config of its own.
+pub(super) const LOCAL_RATE_LIMIT_KEY: &str = "attache_local_rate_limit";
+
+/// The rate-limit stage of local limits: the global filter reads stage 0 only.
+pub(super) const LOCAL_RATE_LIMIT_STAGE: u32 = 1;
+
+/// The descriptor value of a Mapping's local bucket.
+pub(super) fn local_rate_limit_value(mapping: &Mapping) -> String {
+    format!("{}/{}", mapping.meta.namespace, mapping.meta.name)
+}
+
+/// The route `rate_limits` entry that selects the Mapping's local bucket.
+pub(super) fn local_rate_limit_action(mapping: &Mapping) -> RateLimit {
+    use rate_limit::action::{self, ActionSpecifier};
+    RateLimit {
+        stage: Some(UInt32Value {
+            value: LOCAL_RATE_LIMIT_STAGE,
+        }),
+        actions: vec![rate_limit::Action {
+            action_specifier: Some(ActionSpecifier::GenericKey(action::GenericKey {
+                descriptor_value: local_rate_limit_value(mapping),
+                descriptor_key: LOCAL_RATE_LIMIT_KEY.to_owned(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
     }
-    if let Some(bucket) = &policy.local_rate_limit {
-        out.insert(
-            filters::LOCAL_RATE_LIMIT.to_owned(),
-            pack_any(local_rate_limit(bucket)),
-        );
+}
+
+/// A token bucket as Envoy's.
+pub(super) fn token_bucket(bucket: &TokenBucket) -> EnvoyTokenBucket {
+    EnvoyTokenBucket {
+        max_tokens: bucket.max_tokens,
+        tokens_per_fill: Some(UInt32Value {
+            value: bucket.tokens_per_fill,
+        }),
+        fill_interval: Some(duration_ms(bucket.fill_interval_ms)),
     }
-    out
 }
 
 fn cors_policy(c: &Cors) -> CorsPolicy {
@@ -178,42 +240,6 @@ fn cors_policy(c: &Cors) -> CorsPolicy {
         expose_headers: join(&c.exposed_headers),
         max_age: c.max_age_s.map(|s| s.to_string()).unwrap_or_default(),
         allow_credentials: c.credentials.map(|value| BoolValue { value }),
-        ..Default::default()
-    }
-}
-
-/// The route's token bucket, always on and enforced, with the draft-03 `x-ratelimit-*`
-/// headers and `x-local-rate-limit: true` on the 429 so a client can tell it from an
-/// upstream's.
-fn local_rate_limit(bucket: &TokenBucket) -> LocalRateLimit {
-    let always = || RuntimeFractionalPercent {
-        default_value: Some(FractionalPercent {
-            numerator: 100,
-            denominator: fractional_percent::DenominatorType::Hundred as i32,
-        }),
-        runtime_key: String::new(),
-    };
-    LocalRateLimit {
-        stat_prefix: "local_rate_limit".to_owned(),
-        token_bucket: Some(EnvoyTokenBucket {
-            max_tokens: bucket.max_tokens,
-            tokens_per_fill: Some(UInt32Value {
-                value: bucket.tokens_per_fill,
-            }),
-            fill_interval: Some(duration_ms(bucket.fill_interval_ms)),
-        }),
-        filter_enabled: Some(always()),
-        filter_enforced: Some(always()),
-        response_headers_to_add: vec![HeaderValueOption {
-            header: Some(HeaderValue {
-                key: "x-local-rate-limit".to_owned(),
-                value: "true".to_owned(),
-                ..Default::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        }],
-        enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
         ..Default::default()
     }
 }

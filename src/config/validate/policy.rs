@@ -568,7 +568,6 @@ fn label(at: &At<raw::RawLabel>, field: &str, check: &mut Check<'_>) -> Option<R
         }
         // Emissary's short form: the descriptor key, reading a header.
         key => {
-            unused(check, &["header", "omit_if_not_present"]);
             let Some(header) = &body.header else {
                 check.error(
                     at,
@@ -577,6 +576,7 @@ fn label(at: &At<raw::RawLabel>, field: &str, check: &mut Check<'_>) -> Option<R
                 );
                 return None;
             };
+            unused(check, &["header", "omit_if_not_present"]);
             header_action(header, key.to_owned(), check)
         }
     })
