@@ -294,7 +294,8 @@ pub struct Redirect {
 /// What a Mapping does with a matched request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Route(Route),
+    /// Boxed: with its policies a route is several times the size of a redirect.
+    Route(Box<Route>),
     Redirect(Redirect),
 }
 

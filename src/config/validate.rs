@@ -396,7 +396,7 @@ fn mapping(
                 "only takes effect with `host_redirect: true`",
             );
         }
-        route(&spec, &meta, default_service, defaults, check).map(Action::Route)
+        route(&spec, &meta, default_service, defaults, check).map(|r| Action::Route(Box::new(r)))
     };
     if let Some(w) = &spec.weight
         && w.value > 100

@@ -92,7 +92,7 @@ pub fn mapping(name: &str, prefix: &str, service: &str) -> Mapping {
         method: None,
         headers: Vec::new(),
         query_parameters: Vec::new(),
-        action: Action::Route(forward(kube(service))),
+        action: Action::Route(Box::new(forward(kube(service)))),
         weight: None,
         precedence: 0,
         add_request_headers: Vec::new(),
