@@ -334,3 +334,53 @@ spec:
 {spec}"
     )
 }
+
+/// A tonic server on a free loopback port, on its own runtime thread; stops when dropped.
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GrpcServer {
+    /// Serves `router` (a `tonic::transport::server::Router`) built by `build`.
+    pub fn start(
+        build: impl FnOnce() -> tonic::transport::server::Router + Send + 'static,
+    ) -> GrpcServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gRPC server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let _ = build()
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        GrpcServer {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
