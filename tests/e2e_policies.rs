@@ -1,6 +1,8 @@
 //! Mapping traffic policies through a real Envoy (issue 7, "Tests that must exist"):
 //! retries, circuit breaker overflow, outlier ejection, CORS, shadowing, ring-hash
-//! affinity, local rate limits, and the Module's server name and JSON access log.
+//! affinity, local rate limits, the Module's server name and JSON access log, Zipkin
+//! spans at a TracingService's collector and access log entries at a LogService (a gRPC
+//! server on envoy-types' AccessLogService).
 //!
 //! One Envoy serves every check (starting Envoy is the slow part); each check has its own
 //! Mapping, path prefix and backends, so they do not disturb each other.
@@ -11,8 +13,46 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use policy_util::{Gateway, Reply, Scripted, mapping, resource};
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
+    AccessLogService, AccessLogServiceServer,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::{
+    StreamAccessLogsMessage, StreamAccessLogsResponse, stream_access_logs_message,
+};
+use policy_util::{Gateway, GrpcServer, Reply, Scripted, mapping, resource};
 use util::Backend;
+
+/// Request paths from every HTTP access log entry Envoy streamed.
+#[derive(Default)]
+struct AccessLogs {
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl AccessLogService for AccessLogs {
+    async fn stream_access_logs(
+        &self,
+        request: tonic::Request<tonic::Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<tonic::Response<StreamAccessLogsResponse>, tonic::Status> {
+        let mut stream = request.into_inner();
+        while let Some(message) = stream.message().await? {
+            if let Some(stream_access_logs_message::LogEntries::HttpLogs(logs)) =
+                message.log_entries
+            {
+                let mut paths = self.paths.lock().expect("not poisoned");
+                paths.extend(
+                    logs.log_entry
+                        .iter()
+                        .filter_map(|e| e.request.as_ref())
+                        .map(|r| r.path.clone()),
+                );
+            }
+        }
+        Ok(tonic::Response::new(StreamAccessLogsResponse::default()))
+    }
+}
 
 /// The backends behind the gateway, kept alive for the whole test.
 struct Backends {
@@ -25,9 +65,17 @@ struct Backends {
     mirror: Backend,
     cors: Backend,
     limited: Backend,
+    zipkin: Scripted,
+    als: GrpcServer,
+    als_paths: Arc<Mutex<Vec<String>>>,
 }
 
 fn backends() -> Backends {
+    let logs = AccessLogs::default();
+    let als_paths = logs.paths.clone();
+    let als = GrpcServer::start(move || {
+        tonic::transport::Server::builder().add_service(AccessLogServiceServer::new(logs))
+    });
     Backends {
         // Fails the first two requests, then serves.
         flaky: Scripted::start(|n, _| {
@@ -52,6 +100,9 @@ fn backends() -> Backends {
         mirror: Backend::start("mirror"),
         cors: Backend::start("cors"),
         limited: Backend::start("limited"),
+        zipkin: Scripted::start(|_, _| Reply::new(202, "")),
+        als,
+        als_paths,
     }
 }
 
@@ -137,6 +188,27 @@ fill_interval: 1h",
         ),
         resource(
             "getambassador.io/v3alpha1",
+            "TracingService",
+            "zipkin",
+            &format!(
+                "service: {}
+driver: zipkin
+config:
+  collector_endpoint: /api/v2/spans",
+                b.zipkin.addr
+            ),
+        ),
+        resource(
+            "getambassador.io/v3alpha1",
+            "LogService",
+            "als",
+            &format!(
+                "service: {}\ndriver: http\nflush_interval_time: 1",
+                b.als.addr
+            ),
+        ),
+        resource(
+            "getambassador.io/v3alpha1",
             "Module",
             "ambassador",
             "config:
@@ -173,6 +245,42 @@ fn mapping_policies_through_envoy() {
     cors_preflight_and_actual_request(&gateway, &b);
     local_rate_limit_429s_the_request_past_the_bucket(&gateway, &b);
     module_server_name_and_json_access_log(&gateway);
+    spans_reach_the_zipkin_collector(&gateway, &b);
+    entries_reach_the_access_log_service(&gateway, &b);
+}
+
+fn spans_reach_the_zipkin_collector(gateway: &Gateway, b: &Backends) {
+    // Envoy flushes spans every 5 s, or sooner once it has a few.
+    let posted = gateway.envoy.eventually(Duration::from_secs(15), || {
+        b.zipkin
+            .seen()
+            .iter()
+            .any(|s| s.method == "POST" && s.path == "/api/v2/spans")
+    });
+    assert!(posted, "the collector saw {:?}", b.zipkin.seen().len());
+    let spans: Vec<String> = b
+        .zipkin
+        .seen()
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+        .collect();
+    let all = spans.concat();
+    assert!(all.contains("/cors/items"), "spans: {all}");
+    let parsed: serde_json::Value = serde_json::from_str(&spans[0]).expect("JSON spans");
+    assert!(parsed.as_array().is_some_and(|a| !a.is_empty()), "{parsed}");
+}
+
+fn entries_reach_the_access_log_service(gateway: &Gateway, b: &Backends) {
+    // The local rate limit's 429 never reached an upstream, so its path is as sent.
+    let logged = gateway.envoy.eventually(Duration::from_secs(10), || {
+        b.als_paths
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(|p| p == "/limited/3")
+    });
+    let paths = b.als_paths.lock().expect("not poisoned").clone();
+    assert!(logged, "the access log service saw {paths:?}");
 }
 
 fn retries_hide_two_failures(gateway: &Gateway, b: &Backends) {

@@ -190,6 +190,7 @@ pub struct Seen {
     pub path: String,
     /// Lower-case names.
     pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
 }
 
 /// An HTTP/1.1 backend whose answer to the n-th request (0-based) is a function of n and
@@ -276,17 +277,41 @@ fn serve(mut stream: TcpStream, hits: &AtomicU64, seen: &Mutex<Vec<Seen>>, scrip
             .get("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        while buf.len() < length {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let chunked = headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body: Vec<u8> = if chunked {
+            // Read through the last chunk, then decode.
+            while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
             }
-        }
-        buf.drain(..length);
+            let end = buf
+                .windows(5)
+                .position(|w| w == b"0\r\n\r\n")
+                .map_or(buf.len(), |p| p + 5);
+            let raw: Vec<u8> = buf.drain(..end).collect();
+            let mut response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            response.extend_from_slice(&raw);
+            util::parse_response(&response)
+                .map(|r| r.body)
+                .unwrap_or_default()
+        } else {
+            while buf.len() < length {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..length).collect()
+        };
         let request = Seen {
             method,
             path,
             headers,
+            body,
         };
         let n = hits.fetch_add(1, Ordering::SeqCst);
         seen.lock().expect("not poisoned").push(request.clone());
