@@ -10,7 +10,9 @@ use crate::config::model::*;
 use crate::config::raw;
 use crate::config::yaml::At;
 
-/// Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` conditions (router filter docs).
+/// Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` conditions (router filter docs),
+/// less `retriable-status-codes` and `retriable-headers`, which need lists the Mapping
+/// cannot give and would retry nothing.
 const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
@@ -20,8 +22,6 @@ const RETRY_ON: &[&str] = &[
     "envoy-ratelimited",
     "retriable-4xx",
     "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
     "http3-post-connect-failure",
     "cancelled",
     "deadline-exceeded",

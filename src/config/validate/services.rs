@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::r#type::v3::StatusCode;
+
 use super::policy::{self, MappingDefaults};
 use super::{Check, DEFAULT_CONNECT_TIMEOUT_MS, Severity, is_token, parse_service};
 use crate::config::model::*;
@@ -139,11 +141,12 @@ pub(super) fn auth_service(
         }
     });
     let status_on_error = spec.status_on_error.as_ref().map(|s| {
-        if !(100..=599).contains(&s.code.value) {
+        // Envoy takes only the statuses its StatusCode enum names (a NACK otherwise).
+        if StatusCode::try_from(i32::from(s.code.value)).is_err() || s.code.value < 100 {
             check.error(
                 &s.code,
                 "status_on_error.code",
-                format!("{} is not an HTTP status", s.code.value),
+                format!("{} is not an HTTP status Envoy knows", s.code.value),
             );
         }
         s.code.value

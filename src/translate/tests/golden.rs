@@ -30,7 +30,9 @@ mod policy {
     pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
         FileAccessLog, file_access_log,
     };
-    pub use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig;
+    pub use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
     pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StdoutAccessLog, stdout_access_log,
     };
@@ -283,6 +285,9 @@ fn decode_any(url: &str, bytes: &[u8]) -> String {
         }
         n if n == policy::HttpGrpcAccessLogConfig::full_name() => {
             show::<policy::HttpGrpcAccessLogConfig>(bytes)
+        }
+        n if n == policy::TcpGrpcAccessLogConfig::full_name() => {
+            show::<policy::TcpGrpcAccessLogConfig>(bytes)
         }
         n if n == policy::ZipkinConfig::full_name() => show::<policy::ZipkinConfig>(bytes),
         n if n == policy::OpenTelemetryConfig::full_name() => {
