@@ -336,9 +336,10 @@ fn outlier_detection_ejects_the_failing_endpoint(gateway: &Gateway, b: &Backends
     for i in 0..30 {
         statuses.push(gateway.get(&format!("/pool/{i}"), &[]).status);
     }
-    // Two consecutive 5xx eject the failing endpoint for a minute: it sees two requests
-    // at most, and everything after the ejection is served.
-    assert!(b.pool_bad.hits() <= 2, "{statuses:?}");
+    // Two consecutive 5xx eject the failing endpoint for a minute, and everything after
+    // the ejection is served. The main thread ejects and then tells the workers, so one
+    // more request may reach it on the way.
+    assert!(b.pool_bad.hits() <= 3, "{statuses:?}");
     assert!(statuses[10..].iter().all(|s| *s == 200), "{statuses:?}");
     assert!(
         gateway.stat_sum(".outlier_detection.ejections_enforced_total") >= 1,

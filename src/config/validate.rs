@@ -277,16 +277,22 @@ fn apply_local_rate_limits(
     limits: Vec<LocalRateLimit>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
+    if limits.is_empty() {
+        return;
+    }
+    // Mapping index by (namespace, name): a limit names a few Mappings out of thousands.
+    let index: BTreeMap<(String, String), usize> = config
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((m.meta.namespace.clone(), m.meta.name.clone()), i))
+        .collect();
     let mut limited: BTreeMap<(String, String), Origin> = BTreeMap::new();
     for limit in limits {
         let mut problems = Vec::new();
         for name in &limit.mappings {
             let key = (limit.meta.namespace.clone(), name.clone());
-            let found = config
-                .mappings
-                .iter()
-                .find(|m| m.meta.namespace == key.0 && &m.meta.name == name);
-            match found.map(|m| &m.action) {
+            match index.get(&key).map(|&i| &config.mappings[i].action) {
                 None => problems.push(format!(
                     "no valid Mapping {name:?} in namespace {:?}",
                     limit.meta.namespace
@@ -317,18 +323,13 @@ fn apply_local_rate_limits(
             continue;
         }
         for name in &limit.mappings {
-            limited.insert(
-                (limit.meta.namespace.clone(), name.clone()),
-                limit.meta.origin.clone(),
-            );
-            for m in &mut config.mappings {
-                if m.meta.namespace == limit.meta.namespace
-                    && &m.meta.name == name
-                    && let Action::Route(route) = &mut m.action
-                {
-                    route.policy.local_rate_limit = Some(limit.bucket);
-                }
+            let key = (limit.meta.namespace.clone(), name.clone());
+            if let Some(&i) = index.get(&key)
+                && let Action::Route(route) = &mut config.mappings[i].action
+            {
+                route.policy.local_rate_limit = Some(limit.bucket);
             }
+            limited.insert(key, limit.meta.origin.clone());
         }
         config.local_rate_limits.push(limit);
     }
