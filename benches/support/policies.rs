@@ -20,7 +20,7 @@ pub fn repo(mappings: usize) -> Vec<(String, String)> {
                 continue;
             }
             out.push_str(&policies(n));
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 let field = |key: &str| {
                     doc.lines()
                         .find_map(|l| l.trim().strip_prefix(key))
@@ -53,12 +53,12 @@ fn policies(n: usize) -> String {
          \x20 cors:\n    origins: https://app.example.com,^https://[a-z]+\\.example\\.org$\n    methods: GET, POST\n    credentials: true\n\
          \x20 labels:\n    ambassador:\n      - per_user:\n          - generic_key:\n              value: api\n          - request_headers:\n              header_name: x-user\n              key: user\n",
     );
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         spec.push_str(
             "  outlier_detection:\n    consecutive_5xx: 5\n    base_ejection_time_ms: 30000\n",
         );
     }
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         spec.push_str("  load_balancer:\n    policy: ring_hash\n    header: x-user\n");
     }
     spec
