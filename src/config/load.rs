@@ -173,9 +173,9 @@ const EMISSARY_API_VERSIONS: &[&str] = &[
 const ATTACHE_API_VERSION: &str = "attache.io/v1";
 const ATTACHE_KINDS: &[&str] = &["LocalRateLimit"];
 
-/// Emissary kinds we do not implement. Those that enforce something (authentication,
-/// limits, raw TCP routing) are errors: serving without them would silently open the
-/// gateway. The rest only add observability or discovery hints and are skipped with a
+/// Emissary kinds we do not implement. Those that enforce something (Edge Stack's
+/// filters, raw TCP routing) are errors: serving without them would silently open the
+/// gateway. The rest only add discovery hints or a portal and are skipped with a
 /// warning.
 const UNSUPPORTED_ENFORCING: &[&str] = &["TCPMapping", "Filter", "FilterPolicy", "ExternalFilter"];
 const UNSUPPORTED_ADVISORY: &[&str] = &[
