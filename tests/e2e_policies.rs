@@ -213,6 +213,9 @@ config:
             "ambassador",
             "config:
   server_name: attache-test
+  enable_http10: true
+  merge_slashes: true
+  max_request_headers_kb: 8
   envoy_log_path: {DIR}/access.log
   envoy_log_type: json
   envoy_log_format:
@@ -247,6 +250,20 @@ fn mapping_policies_through_envoy() {
     module_server_name_and_json_access_log(&gateway);
     spans_reach_the_zipkin_collector(&gateway, &b);
     entries_reach_the_access_log_service(&gateway, &b);
+}
+
+/// The status line and headers of an HTTP/1.0 GET.
+fn http10(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: example.com\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
 }
 
 fn spans_reach_the_zipkin_collector(gateway: &Gateway, b: &Backends) {
@@ -444,6 +461,21 @@ fn local_rate_limit_429s_the_request_past_the_bucket(gateway: &Gateway, b: &Back
 fn module_server_name_and_json_access_log(gateway: &Gateway) {
     let response = gateway.get("/cors/server", &[]);
     assert_eq!(response.header("server"), Some("attache-test"));
+    // merge_slashes: `//cors//x` routes as `/cors/x`.
+    let merged = gateway.get("//cors//merged", &[]);
+    assert_eq!(merged.status, 200, "{merged:?}");
+    assert!(
+        merged.body_text().starts_with("cors /merged"),
+        "{}",
+        merged.body_text()
+    );
+    // enable_http10: an HTTP/1.0 request is served, not refused with 426.
+    let old = http10(gateway.addr, "/cors/old");
+    assert!(old.starts_with("HTTP/1.0 200"), "{old}");
+    // max_request_headers_kb: 8 KiB of headers is the most Envoy reads.
+    let big = "x".repeat(10 * 1024);
+    let refused = gateway.get("/cors/big", &[("x-big", &big)]);
+    assert_eq!(refused.status, 431, "{refused:?}");
     let log_path = gateway.dir.path().join("access.log");
     let mut lines = Vec::new();
     let logged = gateway.envoy.eventually(Duration::from_secs(10), || {
