@@ -216,6 +216,8 @@ config:
   enable_http10: true
   merge_slashes: true
   max_request_headers_kb: 8
+  buffer:
+    max_request_bytes: 1024
   envoy_log_path: {DIR}/access.log
   envoy_log_type: json
   envoy_log_format:
@@ -476,6 +478,14 @@ fn module_server_name_and_json_access_log(gateway: &Gateway) {
     let big = "x".repeat(10 * 1024);
     let refused = gateway.get("/cors/big", &[("x-big", &big)]);
     assert_eq!(refused.status, 431, "{refused:?}");
+    // buffer.max_request_bytes: a body over it is refused with 413, one under it served.
+    let small = policy_util::http_with_body(gateway.addr, "POST", "/cors/small", &[], &[b'a'; 512])
+        .expect("a response");
+    assert_eq!(small.status, 200, "{small:?}");
+    let large =
+        policy_util::http_with_body(gateway.addr, "POST", "/cors/large", &[], &[b'a'; 4096])
+            .expect("a response");
+    assert_eq!(large.status, 413, "{large:?}");
     let log_path = gateway.dir.path().join("access.log");
     let mut lines = Vec::new();
     let logged = gateway.envoy.eventually(Duration::from_secs(10), || {

@@ -7,7 +7,8 @@
 //! the bare router chain. Order matters: gRPC-Web first (it turns a gRPC-Web request into
 //! gRPC for everything after it), CORS before authorization (a preflight carries no
 //! credentials and must be answered, not denied), then ext_authz, the global and the
-//! local rate limits, and the router last.
+//! local rate limits, the buffer (after every filter that may refuse the request, so a
+//! refused body is never buffered), and the router last.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
     LocalRateLimitDescriptor, XRateLimitHeadersRfcVersion, rate_limit_descriptor,
 };
+use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
     AuthorizationResponse, BufferSettings, ExtAuthz, HttpService, ext_authz,
@@ -68,6 +70,7 @@ pub(super) const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 pub(super) const RATE_LIMIT: &str = "envoy.filters.http.ratelimit";
 pub(super) const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 pub(super) const GRPC_WEB: &str = "envoy.filters.http.grpc_web";
+pub(super) const BUFFER: &str = "envoy.filters.http.buffer";
 pub(super) const ROUTER: &str = "envoy.filters.http.router";
 
 /// Envoy's stat prefix for the local rate limit filter (`<prefix>.http_local_rate_limit.*`).
@@ -139,6 +142,14 @@ pub(super) fn apply(
     }
     if let Some(local) = local_rate_limit(config) {
         chain.push(filter(LOCAL_RATE_LIMIT, pack_any(local)));
+    }
+    if let Some(max) = config.module.max_request_bytes {
+        chain.push(filter(
+            BUFFER,
+            pack_any(Buffer {
+                max_request_bytes: Some(UInt32Value { value: max }),
+            }),
+        ));
     }
     chain.push(filter(ROUTER, pack_any(Router::default())));
     hcm.http_filters = chain;

@@ -288,6 +288,9 @@ pub struct GatewayModule {
     pub enable_http10: bool,
     /// Per-connection buffer limit of listeners and clusters.
     pub buffer_limit_bytes: Option<u32>,
+    /// `buffer.max_request_bytes`: request bodies are buffered whole before going
+    /// upstream, and larger ones get 413.
+    pub max_request_bytes: Option<u32>,
     pub max_request_headers_kb: Option<u32>,
     pub merge_slashes: bool,
     pub access_log: Option<AccessLog>,

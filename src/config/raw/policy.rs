@@ -282,6 +282,7 @@ pub struct ModuleConfig {
     pub enable_grpc_web: Option<bool>,
     pub enable_http10: Option<bool>,
     pub buffer_limit_bytes: Option<At<u32>>,
+    pub buffer: Option<At<BufferSpec>>,
     pub max_request_headers_kb: Option<At<u32>>,
     pub strip_matching_host_port: Option<At<bool>>,
     pub merge_slashes: Option<bool>,
@@ -294,6 +295,13 @@ pub struct ModuleConfig {
     pub envoy_log_path: Option<At<String>>,
     pub envoy_log_type: Option<At<String>>,
     pub envoy_log_format: Option<At<LogFormatSpec>>,
+}
+
+/// `Module.config.buffer`: Envoy buffers whole request bodies up to this size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSpec {
+    pub max_request_bytes: u32,
 }
 
 /// `envoy_log_format`: a format string (text) or a map of JSON keys to format strings.

@@ -390,6 +390,12 @@ pub(super) fn module(
         }
         b.value
     });
+    module.max_request_bytes = c.buffer.as_ref().map(|b| {
+        if b.value.max_request_bytes == 0 {
+            check.error(b, "config.buffer.max_request_bytes", "must be above 0");
+        }
+        b.value.max_request_bytes
+    });
     module.max_request_headers_kb = c.max_request_headers_kb.as_ref().map(|k| {
         // Envoy's bounds (http_connection_manager.proto: 1 to 8192 KiB).
         if !(1..=8192).contains(&k.value) {

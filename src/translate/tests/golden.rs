@@ -36,6 +36,7 @@ mod policy {
     pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StdoutAccessLog, stdout_access_log,
     };
+    pub use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
     pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
     pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
         ExtAuthz, ExtAuthzPerRoute,
@@ -265,6 +266,7 @@ fn decode_any(url: &str, bytes: &[u8]) -> String {
         n if n == policy::RateLimit::full_name() => show::<policy::RateLimit>(bytes),
         n if n == policy::LocalRateLimit::full_name() => show::<policy::LocalRateLimit>(bytes),
         n if n == policy::GrpcWeb::full_name() => show::<policy::GrpcWeb>(bytes),
+        n if n == policy::Buffer::full_name() => show::<policy::Buffer>(bytes),
         n if n == policy::StdoutAccessLog::full_name() => {
             show_logger(bytes, |m: &mut policy::StdoutAccessLog| {
                 use policy::stdout_access_log::AccessLogFormat::LogFormat;
