@@ -16,6 +16,7 @@ use super::raw;
 use super::yaml::At;
 
 mod policy;
+mod rate_limits;
 mod services;
 
 use policy::MappingDefaults;
@@ -215,7 +216,7 @@ pub fn validate(
                 }
             }
             Spec::LocalRateLimit(spec) => {
-                if let Some((bucket, mappings)) = policy::token_bucket(&spec, &mut check)
+                if let Some((bucket, mappings)) = rate_limits::token_bucket(&spec, &mut check)
                     && !check.failed()
                 {
                     local_limits.push(LocalRateLimit {
@@ -730,7 +731,8 @@ fn mapping_policies(
         keepalive: spec.keepalive.as_ref().map(|k| policy::keepalive(k, check)),
         idle_timeout_ms,
     };
-    let rate_limits = policy::labels(&spec.labels, defaults.rate_limit_domain.as_deref(), check);
+    let rate_limits =
+        rate_limits::labels(&spec.labels, defaults.rate_limit_domain.as_deref(), check);
     let route = RoutePolicy {
         retry,
         cors,
