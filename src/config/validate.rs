@@ -301,6 +301,9 @@ fn apply_local_rate_limits(
                 Some(Action::Redirect(_)) => problems.push(format!(
                     "Mapping {name:?} redirects; there is nothing to limit"
                 )),
+                Some(Action::Route(r)) if r.shadow => problems.push(format!(
+                    "Mapping {name:?} is a shadow: it has no route of its own to limit"
+                )),
                 Some(Action::Route(_)) => {
                     if let Some(first) = limited.get(&key) {
                         problems.push(format!(
@@ -398,6 +401,7 @@ fn mapping(
                 "only takes effect with `host_redirect: true`",
             );
         }
+        shadow_route_fields(&spec, check);
         route(&spec, &meta, default_service, defaults, check).map(|r| Action::Route(Box::new(r)))
     };
     if let Some(w) = &spec.weight
@@ -460,6 +464,33 @@ fn routing_only_fields(spec: &raw::MappingSpec, check: &mut Check<'_>) {
     ];
     for (field, _) in set.iter().filter(|(_, set)| *set) {
         check.error_here(field, "does not apply to a `host_redirect` Mapping");
+    }
+}
+
+/// A shadow's requests are copies whose answers are dropped: the route settings of the
+/// Mappings it mirrors apply, never its own. Its cluster settings (breakers, outlier
+/// detection, keepalive) do apply, to the mirror's cluster.
+fn shadow_route_fields(spec: &raw::MappingSpec, check: &mut Check<'_>) {
+    if spec.shadow != Some(true) {
+        return;
+    }
+    let set = [
+        ("retry_policy", spec.retry_policy.is_some()),
+        ("cors", spec.cors.is_some()),
+        ("labels", !spec.labels.is_empty()),
+        ("bypass_auth", spec.bypass_auth.is_some()),
+        ("timeout_ms", spec.timeout_ms.is_some()),
+    ];
+    for (field, _) in set.iter().filter(|(_, set)| *set) {
+        let (line, column) = check.spec_at;
+        check.at(
+            Severity::Warning,
+            line,
+            column,
+            field,
+            "has no effect on a `shadow` Mapping: the mirrored Mappings' route settings apply"
+                .to_owned(),
+        );
     }
 }
 
