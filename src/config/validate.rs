@@ -1358,6 +1358,19 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
             bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
         }
     }
+    // bypass_auth with nothing to bypass: harmless, but likely a missing AuthService.
+    if config.auth_service.is_none() {
+        for m in config.mappings.iter().filter(|m| m.bypass_auth) {
+            diagnostics.push(diag_at(
+                &m.meta.origin,
+                Severity::Warning,
+                Kind::Mapping,
+                &m.meta.name,
+                "bypass_auth",
+                "there is no AuthService: bypass_auth has no effect".to_owned(),
+            ));
+        }
+    }
     // The gateway services' upstream TLSContexts.
     let services = [
         config.auth_service.as_ref().map(|a| (&a.meta, &a.target)),
