@@ -21,14 +21,19 @@ pub(crate) struct Subscription {
     /// empty request keeps it, a later named one ends it.
     legacy: bool,
     names: BTreeSet<String>,
+    /// Bumped whenever what the subscription selects changes, so callers can keep
+    /// what they derived from it until then.
+    generation: u64,
 }
 
 // === impl Subscription ===
 
 impl Subscription {
     /// Applies a state-of-the-world request's `resource_names`; `first` says it is the
-    /// stream's first request of this type.
-    pub(crate) fn sotw_update(&mut self, first: bool, names: &[String]) {
+    /// stream's first request of this type. Takes the names by value: an ACK repeats
+    /// the whole list (hundreds of EDS names), and moving them costs no copy.
+    pub(crate) fn sotw_update(&mut self, first: bool, names: Vec<String>) {
+        let wildcard_before = self.wildcard;
         if names.is_empty() {
             if first || self.legacy {
                 self.wildcard = true;
@@ -37,12 +42,22 @@ impl Subscription {
                 // An empty list after named ones unsubscribes from everything.
                 self.wildcard = false;
             }
-            self.names.clear();
-            return;
+            if !self.names.is_empty() {
+                self.names.clear();
+                self.generation += 1;
+            }
+        } else {
+            self.legacy = false;
+            self.wildcard = names.iter().any(|n| n == WILDCARD);
+            let names: BTreeSet<String> = names.into_iter().filter(|n| n != WILDCARD).collect();
+            if names != self.names {
+                self.names = names;
+                self.generation += 1;
+            }
         }
-        self.legacy = false;
-        self.wildcard = names.iter().any(|n| n == WILDCARD);
-        self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+        if self.wildcard != wildcard_before {
+            self.generation += 1;
+        }
     }
 
     /// Applies a delta request's subscribe and unsubscribe lists.
@@ -52,6 +67,9 @@ impl Subscription {
         subscribe: &[String],
         unsubscribe: &[String],
     ) {
+        if first || !subscribe.is_empty() || !unsubscribe.is_empty() {
+            self.generation += 1;
+        }
         if first && subscribe.is_empty() {
             self.wildcard = true;
             self.legacy = true;
@@ -71,6 +89,11 @@ impl Subscription {
                 self.names.remove(name);
             }
         }
+    }
+
+    /// Changes whenever what [`Subscription::select`] yields for a given map may change.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether the stream wants every resource of the type.
@@ -112,20 +135,38 @@ mod tests {
     #[test]
     fn sotw_legacy_wildcard_survives_empty_requests_and_ends_with_names() {
         let mut s = Subscription::default();
-        s.sotw_update(true, &[]);
+        s.sotw_update(true, vec![]);
         assert!(s.is_wildcard());
-        s.sotw_update(false, &[]);
+        s.sotw_update(false, vec![]);
         assert!(s.is_wildcard());
-        s.sotw_update(false, &names(&["a"]));
+        s.sotw_update(false, names(&["a"]));
         assert!(!s.is_wildcard());
         assert!(s.wants("a") && !s.wants("b"));
-        s.sotw_update(false, &[]);
+        s.sotw_update(false, vec![]);
         assert!(
             !s.is_wildcard() && !s.wants("a"),
             "empty after names unsubscribes all"
         );
-        s.sotw_update(false, &names(&["*", "x"]));
+        s.sotw_update(false, names(&["*", "x"]));
         assert!(s.is_wildcard() && s.names().contains("x"));
+    }
+
+    #[test]
+    fn the_generation_moves_only_when_the_selection_changes() {
+        let mut s = Subscription::default();
+        s.sotw_update(true, names(&["b", "a"]));
+        let g = s.generation();
+        // An ACK repeats the list, in any order.
+        s.sotw_update(false, names(&["a", "b", "a"]));
+        assert_eq!(s.generation(), g);
+        s.sotw_update(false, names(&["a"]));
+        assert_ne!(s.generation(), g);
+        let g = s.generation();
+        s.sotw_update(false, names(&["a", "*"]));
+        assert_ne!(s.generation(), g, "wildcard added");
+        let g = s.generation();
+        s.sotw_update(false, vec![]);
+        assert_ne!(s.generation(), g, "everything unsubscribed");
     }
 
     #[test]
