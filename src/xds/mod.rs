@@ -15,14 +15,16 @@
 //! a node that NACKs keeps what it routes with.
 //!
 //! Responses leave without a per-stream copy of the resources: `wire` frames them,
-//! `cache` shares SotW bodies across streams, `transport` hands the bytes to HTTP/2
-//! (issue 3: 10k streams within 1 GB).
+//! `cache` shares SotW bodies across streams, `transport` hands the bytes to HTTP/2;
+//! `names` shares subscribed name sets and their versions (issue 3: 10k streams within
+//! 1 GB).
 //!
 //! Start reading at [`serve`], then `server::run_stream`, then `sotw.rs`.
 
 pub mod bootstrap;
 mod cache;
 mod delta;
+mod names;
 mod server;
 mod sotw;
 mod subscription;
@@ -171,6 +173,7 @@ pub async fn serve_with(
         shutdown: shutdown.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
         cache: Arc::new(cache::ResponseCache::new(config.response_cache_bytes)),
+        name_sets: Arc::default(),
     });
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::Config;
 use super::cache::ResponseCache;
 use super::delta::Delta;
+use super::names::NameSets;
 use super::sotw::Sotw;
 use super::wire::{Reply, RequestDecoder};
 use crate::snapshot::{Protocol, Snapshot, Store, StreamHandle, Targets};
@@ -35,6 +36,8 @@ pub(crate) struct AdsService {
     pub(crate) in_flight: Arc<Semaphore>,
     /// SotW response bodies shared across streams.
     pub(crate) cache: Arc<ResponseCache>,
+    /// SotW subscription name sets shared across streams.
+    pub(crate) name_sets: Arc<NameSets>,
 }
 
 /// What the stream loop needs of a protocol machine.
@@ -101,12 +104,13 @@ pub(crate) type Replies = mpsc::Receiver<Result<Reply, Status>>;
 impl AdsService {
     /// Starts a `StreamAggregatedResources` stream over the request body.
     pub(crate) fn open_sotw(&self, body: tonic::body::Body) -> Replies {
-        let (limits, cache) = (self.config.limits(), self.cache.clone());
+        let limits = self.config.limits();
+        let (cache, name_sets) = (self.cache.clone(), self.name_sets.clone());
         self.spawn_stream(
             self.inbound(body),
             Protocol::Sotw,
             |req: &DiscoveryRequest| req.node.clone(),
-            move |handle| Sotw::new(handle, limits, cache),
+            move |handle| Sotw::new(handle, limits, cache, name_sets),
         )
     }
 

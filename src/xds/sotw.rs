@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use super::cache::ResponseCache;
+use super::names::NameSets;
 use super::subscription::Subscription;
 use super::wire::{Reply, sotw_body};
 use super::{Limits, check_names, nack_message, type_url};
@@ -37,6 +38,8 @@ pub(crate) struct Sotw {
     unknown_types: BTreeSet<String>,
     /// Response bodies shared with the other streams.
     cache: Arc<ResponseCache>,
+    /// Subscribed name sets shared with the other streams.
+    name_sets: Arc<NameSets>,
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +90,12 @@ struct Plan {
 // === impl Sotw ===
 
 impl Sotw {
-    pub(crate) fn new(handle: StreamHandle, limits: Limits, cache: Arc<ResponseCache>) -> Sotw {
+    pub(crate) fn new(
+        handle: StreamHandle,
+        limits: Limits,
+        cache: Arc<ResponseCache>,
+        name_sets: Arc<NameSets>,
+    ) -> Sotw {
         Sotw {
             handle,
             limits,
@@ -96,6 +104,7 @@ impl Sotw {
             next_nonce: 0,
             unknown_types: BTreeSet::new(),
             cache,
+            name_sets,
         }
     }
 
@@ -155,7 +164,8 @@ impl Sotw {
         } else if first && !req.version_info.is_empty() {
             st.claimed = Some(req.version_info.clone());
         }
-        st.sub.sotw_update(first, req.resource_names);
+        st.sub
+            .sotw_update(first, req.resource_names, &self.name_sets);
         Ok(())
     }
 
@@ -321,13 +331,17 @@ fn kept_removals<'a>(
 }
 
 /// The content version of the response set [`response_set`] yields, memoised per
-/// target, base snapshot and subscription.
+/// target, base snapshot and subscription. Without kept removals it depends only on the
+/// target and the subscription: a wildcard's is the snapshot's type version, a named
+/// set's is computed once for every stream sharing the set ([`super::names`]).
 fn set_version(
     kind: ResourceType,
     st: &mut TypeState,
     target: &Arc<Snapshot>,
     keep_removed: bool,
 ) -> String {
+    // Only full-state types keep removed resources in a response.
+    let keep_removed = keep_removed && kind.is_full_state();
     let slot = usize::from(keep_removed);
     let generation = st.sub.generation();
     if let Some(memo) = &st.versions[slot]
@@ -342,8 +356,18 @@ fn set_version(
         return memo.version.clone();
     }
     let version = {
-        let set = response_set(kind, st, target, keep_removed);
-        compute_set_version(kind, st, target, &set)
+        let st: &TypeState = st;
+        if keep_removed {
+            let set = response_set(kind, st, target, true);
+            compute_set_version(kind, st, target, &set)
+        } else if st.sub.is_wildcard() {
+            target.type_version(kind).to_owned()
+        } else {
+            st.sub.name_set().version(kind, target, || {
+                let set = response_set(kind, st, target, false);
+                compute_set_version(kind, st, target, &set)
+            })
+        }
     };
     st.versions[slot] = Some(Memo {
         target: target.clone(),
