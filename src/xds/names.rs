@@ -101,7 +101,7 @@ impl NameSets {
         let hash = self.hasher.hash_one(&names);
         let mut inner = self.inner.lock();
         inner.interned += 1;
-        if inner.interned % SWEEP_EVERY == 0 {
+        if inner.interned.is_multiple_of(SWEEP_EVERY) {
             inner.sets.retain(|_, bucket| {
                 bucket.retain(|w| w.strong_count() > 0);
                 !bucket.is_empty()
