@@ -80,8 +80,23 @@ enum Role {
     Server,
 }
 
+/// mimalloc's option that delays returning freed memory to the OS, read at start.
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if matches!(args.role, Role::Driver) && std::env::var_os(PURGE_DELAY).is_none() {
+        // The simulated nodes receive gigabytes in buffers HTTP/2 allocates and frees;
+        // with mimalloc returning freed pages at once, the kernel spent a quarter of
+        // the run zeroing pages for the driver (perf: clear_page_erms). The driver
+        // keeps its freed pages instead; the server runs with the binary's defaults.
+        use std::os::unix::process::CommandExt;
+        let error = Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(PURGE_DELAY, "-1")
+            .exec();
+        return Err(error.into());
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
         Role::Server => runtime.block_on(server(args)),
@@ -217,6 +232,7 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let (next, _) = snapshot_of(args.mappings + 1)?;
                 let encoded_before = snapshot::encoded_resources();
                 let responses_before = attache::xds::encoded_responses();
+                let sent_before = attache::xds::sent_bytes();
                 let resources = next.len() as u64;
                 let cpu_before = cpu_ms();
                 let start = Instant::now();
@@ -228,11 +244,12 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 println!(
                     "published ok={} ms={} server_cpu_ms={cpu} rss_kb={rss} hwm_kb={hwm} \
                      encoded_in_snapshot={resources} encoded_while_serving={} \
-                     response_bodies_encoded={}",
+                     response_bodies_encoded={} sent_mb={}",
                     took.is_some(),
                     elapsed.as_millis(),
                     snapshot::encoded_resources() - encoded_before,
-                    attache::xds::encoded_responses() - responses_before
+                    attache::xds::encoded_responses() - responses_before,
+                    (attache::xds::sent_bytes() - sent_before) / 1_000_000
                 );
             }
             _ => break,
@@ -258,6 +275,7 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => Command::new(exe),
     };
     let mut child = child
+        .env_remove(PURGE_DELAY)
         .args(["--role", "server", "--streams", &args.streams.to_string()])
         .args(["--mappings", &args.mappings.to_string()])
         .args(["--max-in-flight", &args.max_in_flight.to_string()])
@@ -317,9 +335,14 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         connect_start.elapsed().as_millis()
     );
     let cpu_before = cpu_ms();
+    let received_before = received();
     let published = tokio::task::block_in_place(|| ask("publish"))?;
+    let received_after = received();
+    let per_type: Vec<usize> = (0..4)
+        .map(|i| received_after[i] - received_before[i])
+        .collect();
     println!(
-        "streams={} publish: {published} client_cpu_ms={}",
+        "streams={} publish: {published} client_cpu_ms={} responses(cds,eds,lds,rds)={per_type:?}",
         args.streams,
         cpu_ms() - cpu_before
     );
@@ -337,6 +360,13 @@ struct TypeState {
     nonce: String,
     version: String,
     names: Names,
+}
+
+/// Responses the nodes received, by type: CDS, EDS, LDS, RDS.
+static RECEIVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+fn received() -> [usize; 4] {
+    RECEIVED.each_ref().map(|c| c.load(Ordering::Relaxed))
 }
 
 /// The fields of a `DiscoveryResponse` an ACK needs; prost skips the resources.
@@ -490,6 +520,10 @@ async fn node(
             ..Default::default()
         };
         let t = response.type_url.as_str();
+        let kind = [&cds, &eds, &lds, &rds].iter().position(|u| *u == t);
+        if let Some(kind) = kind {
+            RECEIVED[kind].fetch_add(1, Ordering::Relaxed);
+        }
         if t == cds || t == lds {
             tx.send(ack(&BTreeSet::new(), &response)).await?;
             let names = names.unwrap_or_default();

@@ -45,6 +45,7 @@ use tonic::Status;
 use crate::snapshot::{Resource, ResourceType, Store};
 
 pub use cache::encoded_responses;
+pub use transport::sent_bytes;
 
 /// Errors of the xDS stage.
 ///

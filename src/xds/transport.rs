@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,6 +30,15 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of ADS responses this process has handed to HTTP/2 so far (gRPC framing
+/// included), all servers together. SotW resends a changed type's full state to every
+/// node, so this, not encoding, is what a publish to a large fleet costs.
+pub fn sent_bytes() -> u64 {
+    SENT.load(Ordering::Relaxed)
+}
 
 /// The ADS service for tonic's router.
 #[derive(Debug, Clone)]
@@ -119,6 +129,7 @@ impl http_body::Body for ReplyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(chunk) = self.next.take() {
+            SENT.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if self.ended {
@@ -128,6 +139,7 @@ impl http_body::Body for ReplyBody {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Ok(reply))) => {
                 let (head, body) = reply.into_chunks();
+                SENT.fetch_add(head.len() as u64, Ordering::Relaxed);
                 if !body.is_empty() {
                     self.next = Some(body);
                 }
