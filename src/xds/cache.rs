@@ -102,7 +102,7 @@ impl ResponseCache {
 
     /// Bodies this cache has encoded.
     #[cfg(test)]
-    fn encoded(&self) -> u64 {
+    pub(crate) fn encoded(&self) -> u64 {
         self.inner.lock().encoded
     }
 

@@ -391,3 +391,81 @@ fn compute_set_version(
     }
     content_version(set.iter().map(|r| (r.name.as_str(), r.version.as_str())))
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+    use super::*;
+    use crate::snapshot::{Protocol, Store, StoreConfig};
+    use crate::translate::Resources;
+    use crate::xds::Config;
+
+    fn snapshot(rev: &str) -> Arc<Snapshot> {
+        let resources = Resources {
+            clusters: vec![Cluster {
+                name: format!("c-{rev}"),
+                ..Default::default()
+            }],
+            endpoints: ["a", "b"]
+                .iter()
+                .map(|n| ClusterLoadAssignment {
+                    cluster_name: format!("{n}-{rev}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Arc::new(Snapshot::new(rev, 0, &resources).expect("unique names"))
+    }
+
+    fn request(type_url: &str, names: &[String], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            node: Some(Node {
+                id: "n".into(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            resource_names: names.to_vec(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 3: "resources encoded once however many streams".
+    #[test]
+    fn streams_sent_the_same_set_share_one_encoded_body() {
+        let store = Arc::new(Store::new(StoreConfig::default()));
+        let cache = Arc::new(ResponseCache::new(1 << 20));
+        let name_sets = Arc::new(NameSets::default());
+        let target = snapshot("r1");
+        let names = vec!["a-r1".to_owned(), "b-r1".to_owned()];
+        let mut bodies = Vec::new();
+        for i in 0..3 {
+            let node = Node {
+                id: format!("node-{i}"),
+                ..Default::default()
+            };
+            let handle = store.open_stream(&node, Protocol::Sotw);
+            let mut sotw = Sotw::new(
+                handle,
+                Config::default().limits(),
+                cache.clone(),
+                name_sets.clone(),
+            );
+            sotw.set_target(Some(target.clone()));
+            sotw.on_request(request(type_url::ENDPOINT, &names, ""))
+                .expect("valid");
+            let reply = sotw.next_response().expect("an EDS response");
+            bodies.push(reply.into_chunks().1);
+            // The ACK with the same names changes nothing: no second response.
+            sotw.on_request(request(type_url::ENDPOINT, &names, "1"))
+                .expect("valid");
+            assert!(sotw.next_response().is_none());
+        }
+        assert_eq!(cache.encoded(), 1, "one body for three streams");
+        assert!(bodies.iter().all(|b| b.as_ptr() == bodies[0].as_ptr()));
+    }
+}
