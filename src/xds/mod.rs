@@ -86,10 +86,10 @@ pub struct Config {
     /// How long a new stream may wait before its first request (default 60 s).
     pub first_request_timeout: Duration,
     /// Most responses in flight across all streams: sent, not yet answered by an ACK or
-    /// NACK (default 512). Every stream holds its own encoded copy of a response until
-    /// the node reads it, so pushing a large snapshot to 10k nodes at once would hold 10k
-    /// copies; with this bound memory follows the limit, not the fleet size, and nodes
-    /// are served in turn (as Istio's push throttle does).
+    /// NACK (default 512). SotW replies share their bodies, but a delta reply and a body
+    /// not kept in the response cache are each stream's own until written; with this
+    /// bound that memory follows the limit, not the fleet size, and nodes are served in
+    /// turn (as Istio's push throttle does).
     pub max_in_flight: usize,
     /// Bytes of encoded SotW responses kept to share across streams (default 64 MiB).
     /// Streams sent the same set send the same bytes; a set that is not kept (evicted,
