@@ -270,6 +270,17 @@ impl Store {
             .collect()
     }
 
+    /// How many nodes hold `snapshot` on every stream. Cheap enough to poll under load:
+    /// it copies nothing, unlike [`Store::nodes`] (the load tool's fan-out timer).
+    pub fn synced_nodes(&self, snapshot: &str) -> usize {
+        self.inner
+            .lock()
+            .nodes
+            .values()
+            .filter(|n| n.state.synced_snapshot.as_deref() == Some(snapshot))
+            .count()
+    }
+
     /// A copy of one node's state.
     pub fn node(&self, id: &str) -> Option<NodeState> {
         self.inner.lock().nodes.get(id).map(|n| n.state.clone())
