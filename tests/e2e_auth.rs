@@ -2,7 +2,8 @@
 //! must exist"): an HTTP auth server that denies requests without a header, a gRPC one
 //! (envoy-types' Authorization service on tonic), `bypass_auth`, `failure_mode_allow`
 //! with the auth server down, a gRPC rate limit service (envoy-types' RateLimitService)
-//! answering OVER_LIMIT for one label, and a gRPC-Web call to that service.
+//! answering OVER_LIMIT for one label, `failure_mode_deny` with it down, and a gRPC-Web
+//! call to that service.
 mod policy_util;
 mod util;
 
@@ -429,5 +430,50 @@ fn auth_server_down_failure_mode_allow_and_deny() {
     };
     let refused = denying.get("/app/x", &[]);
     assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// The rate limit service is down: labelled routes are served by default, and refused
+/// with 500 under `failure_mode_deny: true`.
+#[test]
+fn rate_limit_service_down_failure_mode_deny() {
+    let app = Backend::start("app");
+    let dead = util::free_port();
+    let gateway_with = |deny: bool| {
+        let config = [
+            resource(
+                "getambassador.io/v3alpha1",
+                "RateLimitService",
+                "rls",
+                &format!("service: 127.0.0.1:{dead}\ntimeout_ms: 500\nfailure_mode_deny: {deny}"),
+            ),
+            mapping(
+                "app",
+                &format!(
+                    "prefix: /app/
+service: {}
+labels:
+  ambassador:
+    - app:
+        - generic_key:
+            value: app",
+                    app.addr
+                ),
+            ),
+        ]
+        .concat();
+        Gateway::start(&config, &[])
+    };
+    let Some(open) = gateway_with(false) else {
+        return;
+    };
+    let served = open.get("/app/x", &[]);
+    assert_eq!(served.status, 200, "{served:?}");
+    drop(open);
+    let Some(closed) = gateway_with(true) else {
+        return;
+    };
+    let refused = closed.get("/app/x", &[]);
+    assert_eq!(refused.status, 500, "{refused:?}");
     assert_eq!(app.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
