@@ -165,7 +165,10 @@ impl AdsService {
                 let first = match first {
                     Ok(Some(Ok(req))) => req,
                     Ok(Some(Err(status))) => {
+                        // An undecodable or oversized request: the node hears why (on a
+                        // reset stream nobody reads it, which costs nothing).
                         tracing::debug!(%status, "stream failed before its first request");
+                        let _ = tx.try_send(Err(status));
                         return;
                     }
                     Ok(None) => return,
@@ -266,6 +269,7 @@ async fn run_stream<M: Machine>(
                 }
                 Some(Err(status)) => {
                     tracing::debug!(%status, "stream failed");
+                    let _ = tx.try_send(Err(status));
                     break;
                 }
                 None => break,
