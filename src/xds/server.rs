@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::Config;
@@ -23,7 +23,7 @@ use super::cache::ResponseCache;
 use super::delta::Delta;
 use super::names::NameSets;
 use super::sotw::Sotw;
-use super::wire::{Reply, RequestDecoder};
+use super::wire::{Reply, Requests};
 use crate::snapshot::{Protocol, Snapshot, Store, StreamHandle, Targets};
 
 /// The ADS service over a [`Store`].
@@ -128,19 +128,14 @@ impl AdsService {
     fn inbound<T: prost::Message + Default + 'static>(
         &self,
         body: tonic::body::Body,
-    ) -> Streaming<T> {
-        Streaming::new_request(
-            RequestDecoder::<T>::default(),
-            body,
-            None,
-            Some(self.config.max_request_bytes),
-        )
+    ) -> Requests<T> {
+        Requests::new(body, self.config.max_request_bytes)
     }
 
     /// Starts the stream's task and returns the receiving end of its send buffer.
     fn spawn_stream<M: Machine>(
         &self,
-        inbound: Streaming<M::Request>,
+        inbound: Requests<M::Request>,
         protocol: Protocol,
         node_of: fn(&M::Request) -> Option<Node>,
         machine: impl FnOnce(StreamHandle) -> M + Send + 'static,
@@ -165,7 +160,10 @@ impl AdsService {
                 let first = match first {
                     Ok(Some(Ok(req))) => req,
                     Ok(Some(Err(status))) => {
+                        // An undecodable or oversized request: the node hears why (on a
+                        // reset stream nobody reads it, which costs nothing).
                         tracing::debug!(%status, "stream failed before its first request");
+                        let _ = tx.try_send(Err(status));
                         return;
                     }
                     Ok(None) => return,
@@ -207,7 +205,7 @@ impl AdsService {
 async fn run_stream<M: Machine>(
     mut machine: M,
     first: M::Request,
-    mut inbound: Streaming<M::Request>,
+    mut inbound: Requests<M::Request>,
     tx: mpsc::Sender<Result<Reply, Status>>,
     mut targets: watch::Receiver<Arc<Targets>>,
     in_flight: Arc<Semaphore>,
@@ -266,6 +264,7 @@ async fn run_stream<M: Machine>(
                 }
                 Some(Err(status)) => {
                     tracing::debug!(%status, "stream failed");
+                    let _ = tx.try_send(Err(status));
                     break;
                 }
                 None => break,

@@ -1,5 +1,6 @@
-//! The ADS gRPC service as a plain HTTP/2 service: requests decoded by tonic, responses
-//! sent as the [`Reply`] chunks the stream tasks build.
+//! The ADS gRPC service as a plain HTTP/2 service: requests decoded from the body as
+//! they arrive ([`super::wire::Requests`]), responses sent as the [`Reply`] chunks the
+//! stream tasks build.
 //!
 //! tonic's generated server would encode every response again into a per-stream buffer
 //! that stays as large as the stream's largest response ([`super::wire`] says why that

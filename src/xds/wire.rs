@@ -15,10 +15,9 @@
 
 use std::marker::PhantomData;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 
 use super::type_url;
 use crate::snapshot::{Resource, ResourceType};
@@ -144,25 +143,71 @@ fn put_grpc_header(buf: &mut Vec<u8>, len: usize) {
     buf.put_u32(len);
 }
 
-/// Decodes requests with prost. Request buffers start small: a stream lives for hours
-/// and most of its requests are ACKs of a few hundred bytes.
+/// The requests of one stream, decoded from its HTTP/2 body.
+///
+/// Not tonic's `Streaming`: that keeps a buffer as large as the stream's largest request
+/// for the stream's life, and an EDS ACK repeats every subscribed name (13 KB at 400
+/// clusters), a third of what an idle stream cost at 10k streams. Here bytes are held
+/// only while a message is incomplete, and freed once it is decoded.
 #[derive(Debug)]
-pub(crate) struct RequestDecoder<T>(PhantomData<fn() -> T>);
-
-// === impl RequestDecoder ===
-
-impl<T> Default for RequestDecoder<T> {
-    fn default() -> Self {
-        RequestDecoder(PhantomData)
-    }
+pub(crate) struct Requests<T> {
+    body: tonic::body::Body,
+    /// Received bytes not yet decoded; unallocated between messages.
+    pending: BytesMut,
+    max_len: usize,
+    ended: bool,
+    message: PhantomData<fn() -> T>,
 }
 
-impl<T: prost::Message + Default> Decoder for RequestDecoder<T> {
-    type Item = T;
-    type Error = Status;
+// === impl Requests ===
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
-        T::decode(src).map(Some).map_err(|e| {
+impl<T: prost::Message + Default> Requests<T> {
+    /// Requests from `body`, each at most `max_len` bytes.
+    pub(crate) fn new(body: tonic::body::Body, max_len: usize) -> Requests<T> {
+        Requests {
+            body,
+            pending: BytesMut::new(),
+            max_len,
+            ended: false,
+            message: PhantomData,
+        }
+    }
+
+    /// The next whole message in `pending`, if there is one.
+    fn decode_next(&mut self) -> Option<Result<T, Status>> {
+        let header = self.pending.get(..GRPC_HEADER)?;
+        let compressed = header[0] != 0;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if compressed {
+            self.ended = true;
+            return Some(Err(Status::unimplemented(
+                "compressed request message: attache accepts uncompressed messages only",
+            )));
+        }
+        if len > self.max_len {
+            self.ended = true;
+            return Some(Err(Status::out_of_range(format!(
+                "request message of {len} bytes is larger than the limit of {} bytes",
+                self.max_len
+            ))));
+        }
+        let Some(missing) = (GRPC_HEADER + len).checked_sub(self.pending.len()) else {
+            return Some(self.take(len));
+        };
+        if missing == 0 {
+            return Some(self.take(len));
+        }
+        self.pending.reserve(missing);
+        None
+    }
+
+    fn take(&mut self, len: usize) -> Result<T, Status> {
+        let message = self.pending.split_to(GRPC_HEADER + len);
+        if self.pending.is_empty() {
+            // Drop our share of the allocation; `message` frees it after decoding.
+            self.pending = BytesMut::new();
+        }
+        T::decode(&message[GRPC_HEADER..]).map_err(|e| {
             Status::invalid_argument(format!(
                 "undecodable {}: {e}",
                 std::any::type_name::<T>()
@@ -172,15 +217,56 @@ impl<T: prost::Message + Default> Decoder for RequestDecoder<T> {
             ))
         })
     }
+}
 
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(1024, 8 * 1024)
+impl<T: prost::Message + Default> futures::Stream for Requests<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T, Status>>> {
+        use http_body::Body as _;
+        use std::task::Poll;
+        loop {
+            if !self.ended
+                && let Some(result) = self.decode_next()
+            {
+                return Poll::Ready(Some(result));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers carry nothing a request needs.
+                    if let Ok(data) = frame.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    if !self.pending.is_empty() {
+                        return Poll::Ready(Some(Err(Status::invalid_argument(format!(
+                            "request stream ended inside a message ({} bytes of it received)",
+                            self.pending.len()
+                        )))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
     use prost::Message;
 
     use super::*;
@@ -243,6 +329,97 @@ mod tests {
         assert!(decoded.resources.is_empty());
         assert_eq!(decoded.version_info, "v0");
         assert_eq!(decoded.nonce, "1");
+    }
+
+    /// A body of the given chunks, as HTTP/2 would deliver them.
+    fn body(chunks: Vec<Vec<u8>>) -> tonic::body::Body {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, Status>(http_body::Frame::data(Bytes::from(c))));
+        tonic::body::Body::new(frames_body(frames))
+    }
+
+    /// A body over an iterator of frames.
+    fn frames_body(
+        frames: impl Iterator<Item = Result<http_body::Frame<Bytes>, Status>> + Send + 'static,
+    ) -> impl http_body::Body<Data = Bytes, Error = Status> + Send + 'static {
+        struct Frames<I>(I);
+        impl<I: Iterator<Item = Result<http_body::Frame<Bytes>, Status>> + Unpin> http_body::Body
+            for Frames<I>
+        {
+            type Data = Bytes;
+            type Error = Status;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+                std::task::Poll::Ready(self.0.next())
+            }
+        }
+        Frames(frames.collect::<Vec<_>>().into_iter())
+    }
+
+    fn framed(message: &impl prost::Message) -> Vec<u8> {
+        let (head, body) = Reply::message(message).into_chunks();
+        [head.to_vec(), body.to_vec()].concat()
+    }
+
+    async fn all(requests: Requests<DiscoveryRequest>) -> Vec<Result<DiscoveryRequest, Status>> {
+        use futures::StreamExt;
+        requests.collect().await
+    }
+
+    #[tokio::test]
+    async fn requests_split_and_joined_across_chunks_decode_in_order() {
+        let a = DiscoveryRequest {
+            type_url: "a".into(),
+            resource_names: (0..100).map(|i| format!("name-{i}")).collect(),
+            ..Default::default()
+        };
+        let b = DiscoveryRequest {
+            type_url: "b".into(),
+            ..Default::default()
+        };
+        let wire = [framed(&a), framed(&b)].concat();
+        // One byte at a time, then all at once.
+        let chunks = wire.iter().map(|b| vec![*b]).collect();
+        for body in [body(chunks), body(vec![wire.clone()])] {
+            let got: Vec<_> = all(Requests::new(body, 1 << 20))
+                .await
+                .into_iter()
+                .map(|r| r.expect("decodes"))
+                .collect();
+            assert_eq!(got, [a.clone(), b.clone()]);
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_requests_end_the_stream_with_a_status_naming_the_problem() {
+        let cases: [(Vec<u8>, tonic::Code, &str); 4] = [
+            (
+                vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff],
+                tonic::Code::InvalidArgument,
+                "DiscoveryRequest",
+            ),
+            (
+                vec![1, 0, 0, 0, 1, 0],
+                tonic::Code::Unimplemented,
+                "compressed",
+            ),
+            (vec![0, 0, 0, 4, 1], tonic::Code::OutOfRange, "1025 bytes"),
+            (
+                vec![0, 0, 0, 0, 9, 1, 2],
+                tonic::Code::InvalidArgument,
+                "ended inside",
+            ),
+        ];
+        for (wire, code, says) in cases {
+            let got = all(Requests::new(body(vec![wire]), 1024)).await;
+            assert_eq!(got.len(), 1, "one error, then the end");
+            let status = got[0].as_ref().expect_err("an error");
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(says), "{status:?}");
+        }
     }
 
     #[test]
