@@ -507,19 +507,33 @@ async fn dropped_watch_and_410_fail_no_request() {
         assert!(ok, "{what}\n{}", gw.envoy.log());
     };
 
+    // Traffic keeps flowing through each phase of the recovery, not just around it.
+    let more_traffic = |n: u64| {
+        let target = sent.load(Ordering::Relaxed) + n;
+        let ok = tokio::task::block_in_place(|| {
+            gw.envoy
+                .eventually(WAIT, || sent.load(Ordering::Relaxed) >= target)
+        });
+        assert!(ok, "traffic stalled");
+    };
+
     gw.api.drop_watches();
+    more_traffic(20);
     users_slice(&gw.api, &pods, &[1, 2, 3]);
     until_hit(3, "pod-3 added across a dropped watch");
+    more_traffic(20);
 
     gw.api.expire_watches();
+    more_traffic(20);
     users_slice(&gw.api, &pods, &[1, 2, 3, 4]);
     until_hit(4, "pod-4 added across a 410 Gone and re-list");
     assert!(gw.api.counters().gone.load(Ordering::Relaxed) >= 1);
+    more_traffic(20);
 
     stop.store(true, Ordering::Relaxed);
     let bad = traffic.join().expect("traffic thread");
     let total = sent.load(Ordering::Relaxed);
-    assert!(total >= 50, "too little traffic to tell: {total}");
+    assert!(total >= 80, "too little traffic to tell: {total}");
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,

@@ -35,6 +35,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 struct Applied {
     config: Arc<Config>,
     revision: String,
+    /// The endpoints the latest snapshot of this revision was built with.
+    endpoints: Arc<Endpoints>,
 }
 
 /// Turns revisions into published snapshots and remembers what became of each.
@@ -121,6 +123,7 @@ impl Pipeline {
     /// Parses, validates, translates and publishes one revision; records the attempt.
     pub async fn apply(&mut self, revision: Revision, read: Duration) -> Attempt {
         let endpoints = self.current_endpoints();
+        let used = endpoints.clone();
         let options = self.options.clone();
         let meta = revision.meta.clone();
         let built = tokio::task::spawn_blocking(move || build(revision, &options, &endpoints))
@@ -139,6 +142,7 @@ impl Pipeline {
                         self.applied = Some(Applied {
                             config: Arc::new(config),
                             revision: meta.id.clone(),
+                            endpoints: used,
                         });
                         Outcome::Accepted {
                             snapshot: snapshot.version().to_owned(),
@@ -174,14 +178,16 @@ impl Pipeline {
         let endpoints = self.current_endpoints();
         let config = applied.config.clone();
         let revision = applied.revision.clone();
+        let since = applied.endpoints.clone();
         let latest = self
             .store
             .latest()
             .filter(|s| s.revision() == applied.revision);
+        let used = endpoints.clone();
         let snapshot = tokio::task::spawn_blocking(move || match latest {
             Some(latest) => {
-                let assignments = translate::assignments(&config, &endpoints);
-                latest.with_assignments(endpoints.generation, &assignments)
+                let changed = translate::changed_assignments(&config, &since, &endpoints);
+                latest.with_changed_assignments(endpoints.generation, &changed)
             }
             // The store serves something else (a persisted snapshot): build it whole.
             None => {
@@ -191,13 +197,25 @@ impl Pipeline {
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
-        match snapshot {
+        let published = match snapshot {
             Ok(Some(snapshot)) => match self.store.publish(snapshot).await {
-                Ok(s) => tracing::debug!(version = s.version(), "endpoints published"),
-                Err(e) => tracing::error!("endpoints not published: {e}"),
+                Ok(s) => {
+                    tracing::debug!(version = s.version(), "endpoints published");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("endpoints not published: {e}");
+                    false
+                }
             },
-            Ok(None) => {}
-            Err(e) => tracing::error!("cannot build a snapshot for new endpoints: {e}"),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::error!("cannot build a snapshot for new endpoints: {e}");
+                false
+            }
+        };
+        if published && let Some(applied) = &mut self.applied {
+            applied.endpoints = used;
         }
     }
 

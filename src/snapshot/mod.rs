@@ -149,6 +149,18 @@ pub struct Snapshot {
     /// [`Snapshot::with_assignments`]).
     types: BTreeMap<ResourceType, Arc<ResourceMap>>,
     type_versions: BTreeMap<ResourceType, String>,
+    /// What listeners and clusters name, found once when the snapshot is built (it
+    /// takes decoding them) and shared with the snapshots [`Snapshot::with_assignments`]
+    /// derives, whose listeners and clusters are the same.
+    references: Arc<References>,
+}
+
+/// The route configurations listeners fetch over RDS, and the load assignments EDS
+/// clusters fetch.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct References {
+    routes: BTreeSet<String>,
+    endpoints: BTreeSet<String>,
 }
 
 /// What changed between two snapshots, by type: names only.
@@ -351,12 +363,17 @@ impl Snapshot {
                 )
             })
             .collect();
+        let references = Arc::new(References {
+            routes: referenced_routes(types.get(&ResourceType::Listener).map(Arc::as_ref)),
+            endpoints: referenced_endpoints(types.get(&ResourceType::Cluster).map(Arc::as_ref)),
+        });
         Snapshot {
             version,
             revision,
             endpoints_generation,
             types,
             type_versions,
+            references,
         }
     }
 
@@ -376,9 +393,38 @@ impl Snapshot {
         endpoints_generation: u64,
         assignments: &[ClusterLoadAssignment],
     ) -> Result<Option<Snapshot>> {
+        self.replace_assignments(endpoints_generation, assignments, ResourceMap::new())
+    }
+
+    /// Like [`Snapshot::with_assignments`], replacing only the assignments in `changed`
+    /// (by name) and keeping the others, as `translate::changed_assignments` gives them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateName`] when two assignments share a name.
+    pub fn with_changed_assignments(
+        &self,
+        endpoints_generation: u64,
+        changed: &[ClusterLoadAssignment],
+    ) -> Result<Option<Snapshot>> {
+        let mut kept = self.resources(ResourceType::Endpoint).clone();
+        for cla in changed {
+            kept.remove(&cla.cluster_name);
+        }
+        self.replace_assignments(endpoints_generation, changed, kept)
+    }
+
+    /// `kept` plus `assignments` as the EDS resources; `None` when that is what `self`
+    /// already holds.
+    fn replace_assignments(
+        &self,
+        endpoints_generation: u64,
+        assignments: &[ClusterLoadAssignment],
+        kept: ResourceMap,
+    ) -> Result<Option<Snapshot>> {
         let version = format!("{}+e{endpoints_generation}", self.revision);
         let old = self.resources(ResourceType::Endpoint);
-        let mut map = ResourceMap::new();
+        let mut map = kept;
         let mut encoded = 0;
         for cla in assignments {
             let body = cla.encode_to_vec();
@@ -414,6 +460,7 @@ impl Snapshot {
             endpoints_generation,
             types,
             type_versions,
+            references: self.references.clone(),
         }))
     }
 
@@ -467,15 +514,15 @@ impl Snapshot {
     /// [`Error::Inconsistent`] naming the first missing resource.
     pub fn consistent(&self) -> Result<()> {
         for (kind, names) in [
-            (ResourceType::Route, self.referenced_routes()),
-            (ResourceType::Endpoint, self.referenced_endpoints()),
+            (ResourceType::Route, &self.references.routes),
+            (ResourceType::Endpoint, &self.references.endpoints),
         ] {
             let have = self.resources(kind);
-            if let Some(missing) = names.into_iter().find(|n| !have.contains_key(n)) {
+            if let Some(missing) = names.iter().find(|n| !have.contains_key(*n)) {
                 return Err(Error::Inconsistent {
                     version: self.version.clone(),
                     kind,
-                    name: missing,
+                    name: missing.clone(),
                 });
             }
         }
@@ -484,54 +531,12 @@ impl Snapshot {
 
     /// Route configuration names listeners fetch over RDS.
     pub fn referenced_routes(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for r in self.resources(ResourceType::Listener).values() {
-            let Ok(listener) = Listener::decode(r.body.as_ref()) else {
-                continue;
-            };
-            let chains = listener
-                .filter_chains
-                .iter()
-                .chain(listener.default_filter_chain.iter());
-            for filter in chains.flat_map(|c| c.filters.iter()) {
-                let Some(FilterConfigType::TypedConfig(any)) = &filter.config_type else {
-                    continue;
-                };
-                if any.type_url != HttpConnectionManager::type_url() {
-                    continue;
-                }
-                let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                    continue;
-                };
-                if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                    out.insert(rds.route_config_name);
-                }
-            }
-        }
-        out
+        self.references.routes.clone()
     }
 
     /// Load assignment names EDS clusters fetch.
     pub fn referenced_endpoints(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for r in self.resources(ResourceType::Cluster).values() {
-            let Ok(cluster) = Cluster::decode(r.body.as_ref()) else {
-                continue;
-            };
-            let eds = matches!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
-            if eds {
-                let service = cluster
-                    .eds_cluster_config
-                    .map(|c| c.service_name)
-                    .unwrap_or_default();
-                out.insert(if service.is_empty() {
-                    cluster.name
-                } else {
-                    service
-                });
-            }
-        }
-        out
+        self.references.endpoints.clone()
     }
 
     /// What changed from `older` to `self`, by type.
@@ -580,6 +585,58 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         self.types.is_empty()
     }
+}
+
+/// Route configuration names the listeners in `listeners` fetch over RDS.
+fn referenced_routes(listeners: Option<&ResourceMap>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in listeners.into_iter().flat_map(|m| m.values()) {
+        let Ok(listener) = Listener::decode(r.body.as_ref()) else {
+            continue;
+        };
+        let chains = listener
+            .filter_chains
+            .iter()
+            .chain(listener.default_filter_chain.iter());
+        for filter in chains.flat_map(|c| c.filters.iter()) {
+            let Some(FilterConfigType::TypedConfig(any)) = &filter.config_type else {
+                continue;
+            };
+            if any.type_url != HttpConnectionManager::type_url() {
+                continue;
+            }
+            let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                out.insert(rds.route_config_name);
+            }
+        }
+    }
+    out
+}
+
+/// Load assignment names the EDS clusters in `clusters` fetch.
+fn referenced_endpoints(clusters: Option<&ResourceMap>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in clusters.into_iter().flat_map(|m| m.values()) {
+        let Ok(cluster) = Cluster::decode(r.body.as_ref()) else {
+            continue;
+        };
+        let eds = matches!(cluster.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
+        if eds {
+            let service = cluster
+                .eds_cluster_config
+                .map(|c| c.service_name)
+                .unwrap_or_default();
+            out.insert(if service.is_empty() {
+                cluster.name
+            } else {
+                service
+            });
+        }
+    }
+    out
 }
 
 /// A version for a set of `(name, version)` pairs: the first 16 bytes of the SHA-256 of

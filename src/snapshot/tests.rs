@@ -411,6 +411,17 @@ fn with_assignments_changes_only_eds() {
         .expect("unique")
         .expect("one removed");
     assert_eq!(fewer.resources(ResourceType::Endpoint).len(), 1);
+    // Replacing only what changed gives the same snapshot as replacing everything.
+    let partial = base
+        .with_changed_assignments(8, &changed[1..])
+        .expect("unique")
+        .expect("web-svc changed");
+    assert_eq!(partial, next);
+    assert_eq!(
+        base.with_changed_assignments(8, &same[..1])
+            .expect("unique"),
+        None
+    );
     let dup = [same[0].clone(), same[0].clone()];
     assert!(matches!(
         base.with_assignments(9, &dup),

@@ -46,19 +46,23 @@ pub(super) fn clusters(
                 .and_then(|metas| Provenance::shared(metas.iter().copied()));
             cluster(config, target, name, provenance, &endpoints.resolution)
         });
-    let assignments = assignments(names.keys(), endpoints);
+    let assignments = assignments(names.keys(), endpoints, None);
     (clusters, assignments)
 }
 
 /// The ClusterLoadAssignment of every Kubernetes Service port among `targets`, by name;
-/// none in DNS mode, where clusters resolve their endpoints themselves.
+/// none in DNS mode, where clusters resolve their endpoints themselves. With `since`,
+/// only those whose endpoints differ from `since`'s.
 pub(super) fn assignments<'a>(
     targets: impl IntoIterator<Item = &'a Target>,
     endpoints: &Endpoints,
+    since: Option<&Endpoints>,
 ) -> Vec<ClusterLoadAssignment> {
     if endpoints.resolution != Resolution::Eds {
         return Vec::new();
     }
+    // After a change of resolution everything is new.
+    let since = since.filter(|old| old.resolution == endpoints.resolution);
     let services: BTreeSet<ServiceKey> = targets
         .into_iter()
         .filter_map(|target| match &target.service {
@@ -72,6 +76,7 @@ pub(super) fn assignments<'a>(
         .collect();
     let mut out: Vec<ClusterLoadAssignment> = services
         .iter()
+        .filter(|key| since.is_none_or(|old| old.get(key) != endpoints.get(key)))
         .map(|key| assignment(names::eds_service(key), endpoints.get(key)))
         .collect();
     // Not the key order: `k8s/a-b/x` sorts before `k8s/a/x`.

@@ -449,6 +449,21 @@ fn assignments_alone_equal_those_of_a_full_translation() {
         names,
         ["k8s/a-b/web:http", "k8s/a/web", "k8s/default/users:80"]
     );
+
+    // Only what differs: users changed, the web Services did not.
+    let before = Endpoints {
+        generation: 2,
+        ..Endpoints::default()
+    };
+    let changed = crate::translate::changed_assignments(&config, &before, &endpoints);
+    assert_eq!(changed, fast[2..]);
+    assert!(crate::translate::changed_assignments(&config, &endpoints, &endpoints).is_empty());
+    // From DNS to EDS everything is new.
+    let dns = Endpoints::dns("cluster.local");
+    assert_eq!(
+        crate::translate::changed_assignments(&config, &dns, &endpoints),
+        fast
+    );
 }
 
 /// Issue 5: outside Kubernetes a Service target is a STRICT_DNS cluster on its cluster
