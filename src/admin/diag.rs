@@ -42,6 +42,10 @@ else if(location.hash){history.replaceState(null,'',location.pathname);}}
 box.addEventListener('change',apply);apply();
 ";
 
+/// How many nodes the page lists: a fleet of thousands would make a page no browser
+/// renders quickly, and the ones that need attention are sorted first.
+const MAX_NODE_ROWS: usize = 500;
+
 /// `GET /diag`.
 pub(super) async fn page(Extract(state): Extract<State>) -> Result<Response> {
     let html = render(&state).map_err(|e| Error::Internal(format!("rendering /diag: {e}")))?;
@@ -57,12 +61,12 @@ fn render(state: &State) -> Result<String, std::fmt::Error> {
     let status = status_view(state);
     let inventory = state.store.stable().map(|s| state.inventory.get(&s));
     let mut nodes = state.store.nodes();
-    // Connected first, then by id: the ones that matter now on top.
-    nodes.sort_by(|a, b| {
-        a.streams
-            .is_empty()
-            .cmp(&b.streams.is_empty())
-            .then(a.id.cmp(&b.id))
+    // What needs attention first: connected nodes not in sync with the fleet's snapshot,
+    // then the other connected ones, then the disconnected; by id within each.
+    let fleet = status.serving.as_ref().map(|s| s.snapshot.as_str());
+    nodes.sort_by_cached_key(|n| {
+        let in_sync = n.synced_snapshot.as_deref() == fleet;
+        (n.streams.is_empty(), in_sync, n.id.clone())
     });
     let mut out = String::with_capacity(16 * 1024);
     let o = &mut out;
@@ -251,6 +255,14 @@ fn nodes_table(o: &mut String, nodes: &[NodeState]) -> std::fmt::Result {
     if nodes.is_empty() {
         return write!(o, "<p class=muted>No Envoy has connected.</p>");
     }
+    if nodes.len() > MAX_NODE_ROWS {
+        write!(
+            o,
+            "<p class=muted>The first {MAX_NODE_ROWS} (out of sync first); every node is in \
+             <a href=\"/api/v1/nodes\">/api/v1/nodes</a>.</p>"
+        )?;
+    }
+    let nodes = &nodes[..nodes.len().min(MAX_NODE_ROWS)];
     write!(
         o,
         "<table><thead><tr><th>Node</th><th>Cluster</th><th>State</th><th>Synced snapshot</th>\

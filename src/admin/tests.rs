@@ -361,6 +361,11 @@ async fn revisions_and_diff() {
     assert_eq!(changed_routes.len(), 1, "{body}");
     assert_eq!(changed_routes[0][1]["source"]["name"], "orders");
 
+    // A version pasted unencoded: its `+` arrives as a space.
+    let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1+e0&to=d00d003%2Be0").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["from"], "c0ffee1+e0");
+
     let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1").await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1&to=nothere").await;
@@ -447,3 +452,35 @@ async fn unknown_paths_are_json_404s() {
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert!(json(&body)["error"].is_string());
 }
+
+#[tokio::test]
+async fn diag_lists_the_nodes_needing_attention_first_and_caps_the_table() {
+    let f = fixture();
+    f.store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let node = |id: &str| Node {
+        id: id.into(),
+        ..Node::default()
+    };
+    let in_sync = f.store.open_stream(&node("a-in-sync"), Protocol::Sotw);
+    in_sync.synced(Some("c0ffee1+e0"));
+    let lagging: Vec<_> = (0..MAX_NODE_ROWS_FOR_TEST)
+        .map(|i| {
+            f.store
+                .open_stream(&node(&format!("lagging-{i:03}")), Protocol::Delta)
+        })
+        .collect();
+    let (_, html, _) = get(&f.state, "/diag").await;
+    assert!(html.contains("The first 500"), "{html}");
+    assert!(html.contains("lagging-000") && html.contains("lagging-499"));
+    assert!(
+        !html.contains("a-in-sync"),
+        "in-sync nodes come after the lagging ones"
+    );
+    assert_eq!(html.matches("<tr class=node>").count(), 500);
+    drop((in_sync, lagging));
+}
+
+const MAX_NODE_ROWS_FOR_TEST: usize = 500;
