@@ -262,7 +262,7 @@ async fn diff(
         from: older.version().to_owned(),
         to: newer.version().to_owned(),
         diff: newer.diff(&older),
-        routes: route_diff(&Inventory::of(&older), &Inventory::of(&newer)),
+        routes: route_diff(&state.inventory.get(&older), &state.inventory.get(&newer)),
     }))
 }
 

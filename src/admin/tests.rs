@@ -484,3 +484,27 @@ async fn diag_lists_the_nodes_needing_attention_first_and_caps_the_table() {
 }
 
 const MAX_NODE_ROWS_FOR_TEST: usize = 500;
+
+#[tokio::test]
+async fn diag_filters_routes_and_clusters() {
+    let f = fixture();
+    f.store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let (_, html, _) = get(&f.state, "/diag?q=ORDERS").await;
+    assert!(html.contains("Routes (1 of 2)"), "{html}");
+    assert!(html.contains("prefix /orders/"));
+    assert!(!html.contains("prefix /users/"));
+    assert!(html.contains("Clusters (1 of 2)"), "{html}");
+    // By file:line too.
+    let (_, html, _) = get(&f.state, "/diag?q=shop.yaml:1").await;
+    assert!(html.contains("prefix /users/") && html.contains("prefix /orders/"));
+    // The filter's own text goes back into the form, escaped.
+    let (_, html, _) = get(&f.state, "/diag?q=%22%3E%3Cscript%3E").await;
+    assert!(
+        html.contains("value=\"&quot;&gt;&lt;script&gt;\""),
+        "{html}"
+    );
+    assert!(html.contains("Routes (0 of 2)"));
+}
