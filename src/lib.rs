@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod diff;
 pub mod endpoints;
 pub mod metrics;
 pub mod pipeline;

@@ -126,6 +126,14 @@ With --canary, a new snapshot goes to the matching nodes first; once every conne
 canary has ACKed it and --canary-bake has passed without a NACK, it goes to all nodes. A
 canary NACK halts the rollout: the fleet stays on the previous version.
 
+A Mapping's `service: users.shop:8080` reaches the ready pods of that Service. With
+--endpoints kubernetes (chosen by `auto` when in-cluster credentials or a kubeconfig
+reach an API server) attache watches Services and EndpointSlices (every namespace, or
+each --namespace) and sends Envoy only the changed endpoints over EDS, bursts gathered
+into one update within 50 ms. It needs get/list/watch on services and endpointslices
+(deploy/base/rbac.yaml). With --endpoints dns (the `auto` choice without a cluster) Envoy
+resolves name.namespace.svc.cluster.local itself.
+
 Examples:
 
   attache serve --dir example-repo
@@ -135,6 +143,19 @@ Examples:
       --known-hosts /run/secrets/git/known_hosts
   attache serve --dir /config --secrets-dir /run/secrets --xds-addr 0.0.0.0:18000 \\
       --canary metadata.canary=true --canary-bake 30s";
+
+const DIFF_ABOUT: &str = "\
+Translates the config of two commits and prints what changes in Envoy's configuration:
+listeners, virtual hosts, routes (what each matches and where it goes), clusters,
+endpoints and secrets, each added (+), removed (-) or changed (~), with the file:line it
+comes from. For pull-request review:
+
+  attache diff origin/main HEAD --git-path gateway
+
+Only behaviour counts: a Mapping moved to another line or file is not a change.
+
+Exit status: 0 when Envoy's configuration is the same, 1 when it differs, 2 when a
+commit cannot be read or does not validate (its errors are printed).";
 
 const BOOTSTRAP_ABOUT: &str = "\
 Prints an Envoy bootstrap that gets listeners and clusters (and through them routes,
@@ -166,10 +187,35 @@ enum Command {
     Render(RenderArgs),
     /// Serve a config directory or git repository to Envoy nodes over xDS.
     #[command(long_about = SERVE_ABOUT)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print an Envoy bootstrap that points at attache.
     #[command(long_about = BOOTSTRAP_ABOUT)]
     Bootstrap(BootstrapArgs),
+    /// Show what a change between two commits does to Envoy's configuration.
+    #[command(long_about = DIFF_ABOUT)]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The old commit (any revision git understands: SHA, branch, tag, HEAD~1).
+    #[arg(value_name = "A")]
+    from: String,
+    /// The new commit.
+    #[arg(value_name = "B")]
+    to: String,
+    /// The repository (a checkout or a bare clone).
+    #[arg(long, value_name = "PATH", default_value = ".")]
+    repo: PathBuf,
+    /// Only the files below this directory of the repository are config.
+    #[arg(long, value_name = "SUBDIR")]
+    git_path: Option<String>,
+    /// Where TLS secrets are, as for validate.
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +279,24 @@ struct ServeArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
+    /// Where endpoints come from: EndpointSlices (kubernetes), the cluster DNS names
+    /// (dns), or kubernetes when an API server is reachable (auto).
+    #[arg(long, value_enum, default_value_t = EndpointsMode::Auto)]
+    endpoints: EndpointsMode,
+    /// A namespace to watch EndpointSlices in (repeat for several); default: all.
+    #[arg(long = "namespace", value_name = "NAMESPACE", value_parser = attache::endpoints::parse_namespace)]
+    namespaces: Vec<String>,
+    /// The cluster DNS domain --endpoints dns appends after `.svc.`.
+    #[arg(long, value_name = "DOMAIN", default_value = attache::endpoints::DEFAULT_CLUSTER_DOMAIN,
+          value_parser = attache::endpoints::parse_cluster_domain)]
+    cluster_domain: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EndpointsMode {
+    Kubernetes,
+    Dns,
+    Auto,
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +427,7 @@ fn main() -> ExitCode {
         Command::Render(args) => render(args),
         Command::Serve(args) => serve(args),
         Command::Bootstrap(args) => bootstrap(args),
+        Command::Diff(args) => diff(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -378,7 +443,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them, not in files and log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -544,7 +611,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
                 known_hosts: args.known_hosts.clone(),
                 https_token_file: args.https_token_file.clone(),
             },
-            limits: limits.clone(),
+            limits,
         }),
         (None, None) => unreachable!("clap requires --dir or --git"),
     };
@@ -566,6 +633,16 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
         retry: std::time::Duration::from_secs(1),
         webhook_secret: args.webhook_secret_file.clone(),
         admin_addr: args.admin_addr,
+        endpoints: attache::endpoints::Discovery {
+            mode: match args.endpoints {
+                EndpointsMode::Kubernetes => attache::endpoints::Mode::Kubernetes,
+                EndpointsMode::Dns => attache::endpoints::Mode::Dns,
+                EndpointsMode::Auto => attache::endpoints::Mode::Auto,
+            },
+            namespaces: args.namespaces.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            ..attache::endpoints::Discovery::default()
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -595,6 +672,88 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+// === diff ===
+
+/// Exit status of `diff` when the configurations differ (0: equal, 2: cannot run).
+const DIFFERENT: u8 = 1;
+
+fn diff(args: &DiffArgs) -> anyhow::Result<u8> {
+    let repo = match git2::Repository::discover(&args.repo) {
+        Ok(repo) => repo,
+        Err(e) => {
+            eprintln!(
+                "error: {} is not a git repository: {}",
+                args.repo.display(),
+                e.message()
+            );
+            return Ok(CANNOT_RUN);
+        }
+    };
+    let options = config::Options {
+        secrets_dir: args.secrets_dir.clone(),
+        ..Default::default()
+    };
+    let mut translated = Vec::new();
+    for rev in [&args.from, &args.to] {
+        let oid = match repo.revparse_single(rev) {
+            Ok(object) => object.id(),
+            Err(e) => {
+                eprintln!("error: {rev}: {}", e.message());
+                return Ok(CANNOT_RUN);
+            }
+        };
+        let revision = match attache::source::git::read_commit(
+            &repo,
+            oid,
+            args.git_path.as_deref(),
+            &options.limits,
+            rev.clone(),
+        ) {
+            Ok(revision) => revision,
+            Err(e) => {
+                eprintln!("error: {rev}: {e}");
+                return Ok(CANNOT_RUN);
+            }
+        };
+        let mut outcome = config::load_files(&revision.files, &options);
+        outcome.diagnostics.extend(revision.problems);
+        outcome.diagnostics.sort();
+        match outcome.into_result() {
+            Ok((config, _)) => {
+                translated.push(translate::translate(&config, &Endpoints::default()))
+            }
+            Err(rejected) => {
+                for d in rejected.diagnostics.iter().filter(|d| d.is_error()) {
+                    eprintln!("{d}");
+                }
+                eprintln!("error: {rev} ({}) does not validate", revision.meta.id);
+                return Ok(CANNOT_RUN);
+            }
+        }
+    }
+    let changes = attache::diff::diff(&translated[0], &translated[1]);
+    let text = match args.format {
+        ReportFormat::Text => attache::diff::to_text(&changes),
+        ReportFormat::Json => {
+            let mut json = serde_json::to_string_pretty(&serde_json::json!({
+                "from": args.from,
+                "to": args.to,
+                "equal": changes.is_empty(),
+                "changes": changes,
+            }))
+            .context("serializing the diff")?;
+            json.push('\n');
+            json
+        }
+    };
+    print_stdout(&text)?;
+    Ok(if changes.is_empty() {
+        ACCEPTED
+    } else {
+        DIFFERENT
+    })
 }
 
 // === bootstrap ===

@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub webhook_secret: Option<PathBuf>,
     /// Where the admin server (health, metrics, `/diag`, API, webhook) listens.
     pub admin_addr: SocketAddr,
+    /// Where endpoints come from: EndpointSlices, or DNS outside Kubernetes.
+    pub endpoints: crate::endpoints::Discovery,
 }
 
 /// Why `serve` stopped.
@@ -93,6 +95,9 @@ pub enum Error {
     /// The webhook secret could not be read.
     #[error(transparent)]
     Webhook(#[from] webhook::SecretError),
+    /// `--endpoints kubernetes` without a usable cluster configuration.
+    #[error(transparent)]
+    Endpoints(#[from] crate::endpoints::Error),
     /// The ADS server failed.
     #[error(transparent)]
     Xds(#[from] xds::Error),
@@ -135,13 +140,21 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let source: Box<dyn Source> = match &config.source {
         SourceConfig::Dir(dir) => Box::new(DirSource::new(
             dir.clone(),
-            config.load.limits.clone(),
+            config.load.limits,
             wake.clone(),
         )),
         SourceConfig::Git(git) => Box::new(GitSource::new(git.clone())),
     };
     let source_name = source.describe();
-    let mut pipeline = Pipeline::new(store.clone(), config.load.clone(), None, config.retry);
+    // Before the first revision: translating it without the endpoints would send Envoy
+    // empty assignments.
+    let endpoints = crate::endpoints::spawn(&config.endpoints, shutdown.clone()).await?;
+    let mut pipeline = Pipeline::new(
+        store.clone(),
+        config.load.clone(),
+        Some(endpoints),
+        config.retry,
+    );
     // Up before the first poll (a clone can take a while): /healthz answers, /readyz says
     // whether the persisted snapshot is served. Stopped when `run` returns, error or not.
     let admin_stop = shutdown.child_token();

@@ -12,7 +12,6 @@
 
 mod status;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -164,7 +163,10 @@ impl Pipeline {
         attempt
     }
 
-    /// Re-translates the applied config with the current endpoints and publishes it.
+    /// Publishes the applied config with the current endpoints. Only the
+    /// ClusterLoadAssignments are rebuilt (issue 5): every other resource of the latest
+    /// snapshot is reused as encoded, so Envoy gets an EDS update and no CDS, LDS or RDS
+    /// churn; nothing is published when no assignment changed.
     pub async fn endpoints_changed(&mut self) {
         let Some(applied) = &self.applied else {
             return;
@@ -172,17 +174,29 @@ impl Pipeline {
         let endpoints = self.current_endpoints();
         let config = applied.config.clone();
         let revision = applied.revision.clone();
-        let snapshot = tokio::task::spawn_blocking(move || {
-            let resources = translate::translate(&config, &endpoints);
-            Snapshot::new(&revision, endpoints.generation, &resources)
+        let latest = self
+            .store
+            .latest()
+            .filter(|s| s.revision() == applied.revision);
+        let snapshot = tokio::task::spawn_blocking(move || match latest {
+            Some(latest) => {
+                let assignments = translate::assignments(&config, &endpoints);
+                latest.with_assignments(endpoints.generation, &assignments)
+            }
+            // The store serves something else (a persisted snapshot): build it whole.
+            None => {
+                let resources = translate::translate(&config, &endpoints);
+                Snapshot::new(&revision, endpoints.generation, &resources).map(Some)
+            }
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
         match snapshot {
-            Ok(snapshot) => match self.store.publish(snapshot).await {
+            Ok(Some(snapshot)) => match self.store.publish(snapshot).await {
                 Ok(s) => tracing::debug!(version = s.version(), "endpoints published"),
                 Err(e) => tracing::error!("endpoints not published: {e}"),
             },
+            Ok(None) => {}
             Err(e) => tracing::error!("cannot build a snapshot for new endpoints: {e}"),
         }
     }
@@ -247,14 +261,10 @@ impl Pipeline {
 
 /// Resolves when `endpoints` changed (`true`) or its sender is gone (`false`); never
 /// when there is no receiver.
-fn endpoints_changed(
-    endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>,
-) -> impl Future<Output = bool> + '_ {
-    async move {
-        match endpoints {
-            Some(rx) => rx.changed().await.is_ok(),
-            None => std::future::pending().await,
-        }
+async fn endpoints_changed(endpoints: &mut Option<watch::Receiver<Arc<Endpoints>>>) -> bool {
+    match endpoints {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -317,7 +327,7 @@ fn build(revision: Revision, options: &config::Options, endpoints: &Endpoints) -
             tracing::warn!(revision = %revision.meta.id, "{d}");
         }
     }
-    let (config, diagnostics) = match outcome.into_result() {
+    let (config, mut diagnostics) = match outcome.into_result() {
         Ok(accepted) => accepted,
         Err(rejected) => {
             let (errors, warnings) = rejected.diagnostics.into_iter().partition(|d| d.is_error());
@@ -328,6 +338,11 @@ fn build(revision: Revision, options: &config::Options, endpoints: &Endpoints) -
             };
         }
     };
+    // Mappings whose Service has no EndpointSlice: served, with a warning (issue 5).
+    for d in crate::endpoints::missing_services(&config, endpoints) {
+        tracing::warn!(revision = %revision.meta.id, "{d}");
+        diagnostics.push(d);
+    }
     let started = Instant::now();
     let resources = translate::translate(&config, endpoints);
     timings.translate = started.elapsed();

@@ -20,10 +20,12 @@ mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
@@ -143,7 +145,9 @@ pub struct Snapshot {
     version: String,
     revision: String,
     endpoints_generation: u64,
-    types: BTreeMap<ResourceType, ResourceMap>,
+    /// Shared between snapshots that differ in other types only (see
+    /// [`Snapshot::with_assignments`]).
+    types: BTreeMap<ResourceType, Arc<ResourceMap>>,
     type_versions: BTreeMap<ResourceType, String>,
 }
 
@@ -331,8 +335,10 @@ impl Snapshot {
         version: String,
         revision: String,
         endpoints_generation: u64,
-        mut types: BTreeMap<ResourceType, ResourceMap>,
+        types: BTreeMap<ResourceType, ResourceMap>,
     ) -> Snapshot {
+        let mut types: BTreeMap<ResourceType, Arc<ResourceMap>> =
+            types.into_iter().map(|(k, m)| (k, Arc::new(m))).collect();
         for kind in ResourceType::ALL {
             types.entry(kind).or_default();
         }
@@ -352,6 +358,63 @@ impl Snapshot {
             types,
             type_versions,
         }
+    }
+
+    /// This snapshot with its ClusterLoadAssignments replaced by `assignments` (the
+    /// fast path for an endpoints-only change, see `translate::assignments`): every
+    /// other type is shared with `self`, not re-encoded, so its type version stays and
+    /// only EDS goes out again; a delta stream sends only the assignments whose bytes
+    /// changed. The version becomes `REVISION+eGENERATION`.
+    ///
+    /// Returns `None` when no assignment changed: publishing would only churn versions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateName`] when two assignments share a name.
+    pub fn with_assignments(
+        &self,
+        endpoints_generation: u64,
+        assignments: &[ClusterLoadAssignment],
+    ) -> Result<Option<Snapshot>> {
+        let version = format!("{}+e{endpoints_generation}", self.revision);
+        let old = self.resources(ResourceType::Endpoint);
+        let mut map = ResourceMap::new();
+        let mut encoded = 0;
+        for cla in assignments {
+            let body = cla.encode_to_vec();
+            // Unchanged bytes keep the old resource, hash included.
+            let resource = match old.get(&cla.cluster_name) {
+                Some(r) if r.body.as_ref() == body.as_slice() => r.clone(),
+                _ => {
+                    encoded += 1;
+                    Resource::new(cla.cluster_name.clone(), Bytes::from(body))
+                }
+            };
+            if let Some(dup) = map.insert(resource.name.clone(), resource) {
+                return Err(Error::DuplicateName {
+                    version,
+                    kind: ResourceType::Endpoint,
+                    name: dup.name,
+                });
+            }
+        }
+        ENCODED.fetch_add(encoded, Ordering::Relaxed);
+        if encoded == 0 && map.len() == old.len() && map.keys().eq(old.keys()) {
+            return Ok(None);
+        }
+        let type_version =
+            content_version(map.values().map(|r| (r.name.as_str(), r.version.as_str())));
+        let mut types = self.types.clone();
+        types.insert(ResourceType::Endpoint, Arc::new(map));
+        let mut type_versions = self.type_versions.clone();
+        type_versions.insert(ResourceType::Endpoint, type_version);
+        Ok(Some(Snapshot {
+            version,
+            revision: self.revision.clone(),
+            endpoints_generation,
+            types,
+            type_versions,
+        }))
     }
 
     /// `REVISION+eGENERATION`.
@@ -374,7 +437,7 @@ impl Snapshot {
         // from_parts fills every type, so the index always hits; the fallback keeps
         // this total without a panic path.
         static EMPTY: ResourceMap = BTreeMap::new();
-        self.types.get(&kind).unwrap_or(&EMPTY)
+        self.types.get(&kind).map(Arc::as_ref).unwrap_or(&EMPTY)
     }
 
     /// A hash of one type's names and versions: equal content, equal version.
@@ -387,7 +450,7 @@ impl Snapshot {
 
     /// How many resources it holds, all types together.
     pub fn len(&self) -> usize {
-        self.types.values().map(BTreeMap::len).sum()
+        self.types.values().map(|m| m.len()).sum()
     }
 
     /// True when it holds no resource at all.

@@ -331,3 +331,89 @@ async fn canary_rollout_through_the_store() {
 }
 
 use tokio_util::sync::CancellationToken;
+
+/// Issue 5: an endpoints-only change replaces EDS and shares everything else (same
+/// bytes, same type versions); nothing changed means nothing to publish.
+#[test]
+fn with_assignments_changes_only_eds() {
+    use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+    let base = full("rev-a");
+    let same = [
+        ClusterLoadAssignment {
+            cluster_name: "api".into(),
+            ..Default::default()
+        },
+        ClusterLoadAssignment {
+            cluster_name: "web-svc".into(),
+            ..Default::default()
+        },
+    ];
+    assert_eq!(base.with_assignments(8, &same).expect("unique"), None);
+    let mut changed = same.clone();
+    changed[1].endpoints = vec![LocalityLbEndpoints {
+        priority: 1,
+        ..Default::default()
+    }];
+    let encoded_before = encoded_resources();
+    let next = base
+        .with_assignments(8, &changed)
+        .expect("unique")
+        .expect("web-svc changed");
+    assert!(
+        encoded_resources() - encoded_before >= 1,
+        "only changed assignments are encoded"
+    );
+    assert_eq!(next.version(), "rev-a+e8");
+    assert_eq!((next.revision(), next.endpoints_generation()), ("rev-a", 8));
+    assert!(next.consistent().is_ok());
+    for kind in [
+        ResourceType::Cluster,
+        ResourceType::Listener,
+        ResourceType::Route,
+        ResourceType::Secret,
+    ] {
+        assert_eq!(next.type_version(kind), base.type_version(kind), "{kind}");
+        // Shared, not copied: the same map.
+        assert!(
+            std::ptr::eq(next.resources(kind), base.resources(kind)),
+            "{kind}"
+        );
+    }
+    assert_ne!(
+        next.type_version(ResourceType::Endpoint),
+        base.type_version(ResourceType::Endpoint)
+    );
+    let diff = next.diff(&base);
+    assert_eq!(
+        diff.types.keys().collect::<Vec<_>>(),
+        [&ResourceType::Endpoint]
+    );
+    assert_eq!(diff.types[&ResourceType::Endpoint].changed, ["web-svc"]);
+    // Equal to the snapshot a full build of the same resources gives.
+    let mut resources_endpoints = changed.to_vec();
+    resources_endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    let rebuilt = Snapshot::new(
+        "rev-a",
+        8,
+        &Resources {
+            clusters: vec![eds_cluster("api", ""), eds_cluster("web", "web-svc")],
+            endpoints: resources_endpoints,
+            listeners: vec![listener("http", "main")],
+            routes: vec![route("main")],
+            secrets: vec![],
+        },
+    )
+    .expect("unique");
+    assert_eq!(next, rebuilt);
+    // An assignment removed is a change too.
+    let fewer = base
+        .with_assignments(9, &same[..1])
+        .expect("unique")
+        .expect("one removed");
+    assert_eq!(fewer.resources(ResourceType::Endpoint).len(), 1);
+    let dup = [same[0].clone(), same[0].clone()];
+    assert!(matches!(
+        base.with_assignments(9, &dup),
+        Err(Error::DuplicateName { .. })
+    ));
+}

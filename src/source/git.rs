@@ -105,12 +105,8 @@ pub enum Error {
         reference: Reference,
         message: String,
     },
-    #[error("{reference} of {url} does not name a commit: {message}")]
-    NotACommit {
-        url: String,
-        reference: Reference,
-        message: String,
-    },
+    #[error("{object} is not a commit: {message}")]
+    NotACommit { object: String, message: String },
     #[error("commit {commit} has no directory {subdir:?}")]
     MissingSubdir { commit: String, subdir: String },
     #[error("reading commit {commit}: {message}")]
@@ -284,63 +280,72 @@ impl GitSource {
     }
 
     fn revision(&mut self, oid: Oid) -> Result<Revision, Error> {
-        let url = self.config.url.clone();
-        let reference = self.config.reference.clone();
         let subdir = self.config.subdir.clone();
-        let limits = self.config.limits.clone();
+        let limits = self.config.limits;
         let source = self.describe();
         let repo = self.repo()?;
-        let not_a_commit = |e: git2::Error| Error::NotACommit {
-            url: redact(&url),
-            reference: reference.clone(),
-            message: e.message().to_owned(),
-        };
-        let commit = repo
-            .find_object(oid, None)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(not_a_commit)?;
-        let id = commit.id().to_string();
-        let read_error = |e: git2::Error| Error::Read {
-            commit: id.clone(),
-            message: e.message().to_owned(),
-        };
-        let mut tree = commit.tree().map_err(read_error)?;
-        if let Some(subdir) = subdir.as_deref().map(|s| s.trim_matches('/'))
-            && !subdir.is_empty()
-        {
-            let entry = tree
-                .get_path(Path::new(subdir))
-                .map_err(|_| Error::MissingSubdir {
-                    commit: id.clone(),
-                    subdir: subdir.to_owned(),
-                })?;
-            tree = entry
-                .to_object(repo)
-                .and_then(|o| o.peel_to_tree())
-                .map_err(|_| Error::MissingSubdir {
-                    commit: id.clone(),
-                    subdir: subdir.to_owned(),
-                })?;
-        }
-        let (files, problems) = read_tree(repo, &tree, &limits).map_err(read_error)?;
-        let author = commit.author();
-        let meta = RevisionMeta {
-            id: id.clone(),
-            author: Some(format!(
-                "{} <{}>",
-                author.name().unwrap_or("?"),
-                author.email().unwrap_or("?")
-            )),
-            message: Some(commit.message().unwrap_or_default().trim().to_owned()),
-            time: commit.time().seconds(),
-            source,
-        };
-        Ok(Revision {
-            meta,
-            files,
-            problems,
-        })
+        read_commit(repo, oid, subdir.as_deref(), &limits, source)
     }
+}
+
+/// The revision at `oid` (a commit, or a tag pointing at one) of `repo`: the config files
+/// of its tree below `subdir`, and who made it.
+///
+/// # Errors
+///
+/// When `oid` is not a commit, `subdir` is not a directory of its tree, or an object is
+/// missing from the repository.
+pub fn read_commit(
+    repo: &Repository,
+    oid: Oid,
+    subdir: Option<&str>,
+    limits: &Limits,
+    source: String,
+) -> Result<Revision, Error> {
+    let commit = repo
+        .find_object(oid, None)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|e| Error::NotACommit {
+            object: oid.to_string(),
+            message: e.message().to_owned(),
+        })?;
+    let id = commit.id().to_string();
+    let read_error = |e: git2::Error| Error::Read {
+        commit: id.clone(),
+        message: e.message().to_owned(),
+    };
+    let mut tree = commit.tree().map_err(read_error)?;
+    if let Some(subdir) = subdir.map(|s| s.trim_matches('/'))
+        && !subdir.is_empty()
+    {
+        let missing = || Error::MissingSubdir {
+            commit: id.clone(),
+            subdir: subdir.to_owned(),
+        };
+        let entry = tree.get_path(Path::new(subdir)).map_err(|_| missing())?;
+        tree = entry
+            .to_object(repo)
+            .and_then(|o| o.peel_to_tree())
+            .map_err(|_| missing())?;
+    }
+    let (files, problems) = read_tree(repo, &tree, limits).map_err(read_error)?;
+    let author = commit.author();
+    let meta = RevisionMeta {
+        id,
+        author: Some(format!(
+            "{} <{}>",
+            author.name().unwrap_or("?"),
+            author.email().unwrap_or("?")
+        )),
+        message: Some(commit.message().unwrap_or_default().trim().to_owned()),
+        time: commit.time().seconds(),
+        source,
+    };
+    Ok(Revision {
+        meta,
+        files,
+        problems,
+    })
 }
 
 impl Source for GitSource {

@@ -4,7 +4,8 @@
 //! ClusterLoadAssignment per Service port, shared by every cluster that targets it), so an
 //! endpoint change sends one small EDS update and leaves clusters alone. An address with
 //! an IP becomes a STATIC cluster, a DNS name a STRICT_DNS one; both carry their single
-//! endpoint inline.
+//! endpoint inline. Outside Kubernetes ([`Resolution::Dns`]) a Service is a DNS name too:
+//! `name.namespace.svc.cluster.local`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -27,8 +28,8 @@ use super::names;
 use super::provenance::Provenance;
 use super::route::duration_ms;
 use super::tls;
-use crate::config::{Config, Meta, Service, Target, UpstreamTls};
-use crate::endpoints::{EndpointHealth, Endpoints};
+use crate::config::{Config, Meta, Service, ServicePort, Target, UpstreamTls};
+use crate::endpoints::{EndpointHealth, Endpoints, Resolution, ServiceKey};
 
 /// The clusters of `targets` (with the Mappings that use each) and the
 /// ClusterLoadAssignments of their Kubernetes Services, each sorted by name.
@@ -47,24 +48,39 @@ pub(super) fn clusters(
             let provenance = users
                 .get(target)
                 .and_then(|metas| Provenance::shared(metas.iter().copied()));
-            cluster(config, target, name, provenance)
+            cluster(config, target, name, provenance, &endpoints.resolution)
         });
-    let mut services = BTreeSet::new();
-    for (_, target) in &by_name {
-        if let Service::Kubernetes {
-            name,
-            namespace,
-            port,
-        } = &target.service
-        {
-            services.insert(names::service_key(name, namespace, port.as_ref()));
-        }
+    let assignments = assignments(names.keys(), endpoints);
+    (clusters, assignments)
+}
+
+/// The ClusterLoadAssignment of every Kubernetes Service port among `targets`, by name;
+/// none in DNS mode, where clusters resolve their endpoints themselves.
+pub(super) fn assignments<'a>(
+    targets: impl IntoIterator<Item = &'a Target>,
+    endpoints: &Endpoints,
+) -> Vec<ClusterLoadAssignment> {
+    if endpoints.resolution != Resolution::Eds {
+        return Vec::new();
     }
-    let assignments = services
+    let services: BTreeSet<ServiceKey> = targets
+        .into_iter()
+        .filter_map(|target| match &target.service {
+            Service::Kubernetes {
+                name,
+                namespace,
+                port,
+            } => Some(names::service_key(name, namespace, port.as_ref())),
+            Service::Address { .. } => None,
+        })
+        .collect();
+    let mut out: Vec<ClusterLoadAssignment> = services
         .iter()
         .map(|key| assignment(names::eds_service(key), endpoints.get(key)))
         .collect();
-    (clusters, assignments)
+    // Not the key order: `k8s/a-b/x` sorts before `k8s/a/x`.
+    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
 }
 
 fn cluster(
@@ -72,6 +88,7 @@ fn cluster(
     target: &Target,
     name: &str,
     provenance: Option<Provenance>,
+    resolution: &Resolution,
 ) -> Cluster {
     use cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, EdsClusterConfig};
     let mut envoy = Cluster {
@@ -80,12 +97,48 @@ fn cluster(
         metadata: provenance.map(|p| p.to_metadata()),
         ..Default::default()
     };
-    let sni = match &target.service {
-        Service::Kubernetes {
-            name: service,
-            namespace,
-            port,
-        } => {
+    let sni = match (&target.service, resolution) {
+        (
+            Service::Kubernetes {
+                name: service,
+                namespace,
+                port,
+            },
+            Resolution::Dns { cluster_domain },
+        ) => {
+            let host = format!("{service}.{namespace}.svc.{cluster_domain}");
+            // Emissary's defaults for a Service without a port; a port *name* needs the
+            // Service object, which DNS cannot give (endpoints::missing_services warns).
+            let port = match port {
+                Some(ServicePort::Number(n)) => Some(*n),
+                Some(ServicePort::Name(_)) => None,
+                None if target.tls == UpstreamTls::Plain => Some(80),
+                None => Some(443),
+            };
+            envoy.dns_lookup_family = DnsLookupFamily::V4Only as i32;
+            envoy.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            envoy.load_assignment = Some(ClusterLoadAssignment {
+                cluster_name: name.to_owned(),
+                endpoints: port
+                    .map(|port| LocalityLbEndpoints {
+                        lb_endpoints: vec![lb_endpoint(&host, port, HealthStatus::Unknown)],
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            });
+            Some(format!("{service}.{namespace}"))
+        }
+        (
+            Service::Kubernetes {
+                name: service,
+                namespace,
+                port,
+            },
+            Resolution::Eds,
+        ) => {
             let key = names::service_key(service, namespace, port.as_ref());
             envoy.cluster_discovery_type =
                 Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
@@ -95,7 +148,7 @@ fn cluster(
             });
             Some(format!("{service}.{namespace}"))
         }
-        Service::Address { host, port } => {
+        (Service::Address { host, port }, _) => {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
             let ip = bare.parse::<IpAddr>().ok();
             let kind = if ip.is_some() {
@@ -154,13 +207,22 @@ fn cluster(
 
 /// The ClusterLoadAssignment of one Service port: endpoints grouped by zone (no zone
 /// first), each sorted by address; empty while the Service's endpoints are unknown.
+///
+/// Endpoints that are neither ready nor serving are left out rather than sent as
+/// UNHEALTHY: below 50 % healthy hosts Envoy's panic mode balances over *every* host
+/// it knows, and Kubernetes never wants traffic on a pod that fails readiness. Draining
+/// (serving, terminating) ones stay, as DRAINING: new requests avoid them while ready
+/// pods exist, and when none does panic mode falls back to them, as kube-proxy does.
 fn assignment(
     cluster_name: String,
     endpoints: &[crate::endpoints::Endpoint],
 ) -> ClusterLoadAssignment {
     let mut by_zone: BTreeMap<Option<&str>, BTreeSet<&crate::endpoints::Endpoint>> =
         BTreeMap::new();
-    for endpoint in endpoints {
+    for endpoint in endpoints
+        .iter()
+        .filter(|e| e.health != EndpointHealth::Unhealthy)
+    {
         by_zone
             .entry(endpoint.zone.as_deref())
             .or_default()

@@ -121,6 +121,17 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
     resources
 }
 
+/// The ClusterLoadAssignments [`translate`] would give for `config` and `endpoints`,
+/// without building anything else: the fast path for an endpoints-only change, which
+/// touches EDS alone (no CDS, LDS or RDS churn). Equal to `translate(..).endpoints`.
+pub fn assignments(config: &Config, endpoints: &Endpoints) -> Vec<ClusterLoadAssignment> {
+    let targets = config.mappings.iter().filter_map(|m| match &m.action {
+        Action::Route(route) => Some(&route.target),
+        Action::Redirect(_) => None,
+    });
+    cluster::assignments(targets, endpoints)
+}
+
 /// `config` with every list in (namespace, name) order, as the model promises; borrowed
 /// when it already is (always, from the loader), so the common path copies nothing.
 fn sorted(config: &Config) -> Cow<'_, Config> {

@@ -273,7 +273,13 @@ impl Backend {
     /// Starts a backend that answers `200` with body `NAME PATH\n` then `name: value` lines of
     /// the request headers.
     pub fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind backend")
+    }
+
+    /// Like [`Backend::start`], on a given address: pods of one Service share a port on
+    /// distinct loopback addresses (127.0.0.2, 127.0.0.3, ...), as in an EndpointSlice.
+    pub fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -290,12 +296,12 @@ impl Backend {
                 }
             }
         });
-        Backend {
+        Ok(Backend {
             addr,
             name: name.to_owned(),
             stop,
             hits,
-        }
+        })
     }
 }
 

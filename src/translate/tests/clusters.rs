@@ -372,6 +372,7 @@ fn eds_assignments_hold_the_known_endpoints_by_zone() {
             ],
         )]
         .into(),
+        ..Endpoints::default()
     };
     let resources = translate(
         &config(vec![mapping("a", "/", "users")], Vec::new()),
@@ -384,7 +385,9 @@ fn eds_assignments_hold_the_known_endpoints_by_zone() {
         .iter()
         .map(|l| l.locality.as_ref().map(|l| l.zone.as_str()))
         .collect();
-    assert_eq!(zones, [None, Some("a"), Some("b")]);
+    // 10.0.0.3 is neither ready nor serving: left out, so Envoy's panic mode can never
+    // send it traffic.
+    assert_eq!(zones, [Some("a"), Some("b")]);
     let health: Vec<(String, i32)> = cla
         .endpoints
         .iter()
@@ -394,10 +397,109 @@ fn eds_assignments_hold_the_known_endpoints_by_zone() {
     assert_eq!(
         health,
         [
-            ("10.0.0.3".to_owned(), HealthStatus::Unhealthy as i32),
             ("10.0.0.1".to_owned(), HealthStatus::Draining as i32),
             ("10.0.0.2".to_owned(), HealthStatus::Healthy as i32),
         ]
+    );
+}
+
+/// Issue 5: the fast path for an endpoints-only change gives exactly the assignments a
+/// full translation gives, in name order (`k8s/a-b/...` before `k8s/a/...`).
+#[test]
+fn assignments_alone_equal_those_of_a_full_translation() {
+    let mut a = mapping("a", "/a/", "web");
+    settings(&mut a).target.service = crate::config::Service::Kubernetes {
+        name: "web".into(),
+        namespace: "a".into(),
+        port: None,
+    };
+    let mut b = mapping("b", "/b/", "web");
+    settings(&mut b).target.service = crate::config::Service::Kubernetes {
+        name: "web".into(),
+        namespace: "a-b".into(),
+        port: Some(crate::config::ServicePort::Name("http".into())),
+    };
+    let c = mapping("c", "/c/", "users");
+    let mut d = mapping("d", "/d/", "users");
+    settings(&mut d).target.http2 = true;
+    let config = config(vec![a, b, c, d], Vec::new());
+    let key = ServiceKey {
+        namespace: "default".into(),
+        name: "users".into(),
+        port: "80".into(),
+    };
+    let endpoints = Endpoints {
+        generation: 3,
+        services: [(
+            key,
+            vec![Endpoint {
+                ip: "10.1.0.1".parse::<IpAddr>().expect("an IP"),
+                port: 8080,
+                health: EndpointHealth::Healthy,
+                zone: None,
+            }],
+        )]
+        .into(),
+        ..Endpoints::default()
+    };
+    let fast = crate::translate::assignments(&config, &endpoints);
+    assert_eq!(fast, translate(&config, &endpoints).endpoints);
+    let names: Vec<&str> = fast.iter().map(|c| c.cluster_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["k8s/a-b/web:http", "k8s/a/web", "k8s/default/users:80"]
+    );
+}
+
+/// Issue 5: outside Kubernetes a Service target is a STRICT_DNS cluster on its cluster
+/// DNS name; no assignments go over EDS.
+#[test]
+fn dns_mode_resolves_services_by_their_cluster_dns_name() {
+    let mut named = mapping("named", "/n/", "users");
+    settings(&mut named).target.service = crate::config::Service::Kubernetes {
+        name: "users".into(),
+        namespace: "shop".into(),
+        port: Some(crate::config::ServicePort::Name("http".into())),
+    };
+    let mut bare_tls = mapping("tls", "/t/", "users");
+    settings(&mut bare_tls).target.service = crate::config::Service::Kubernetes {
+        name: "users".into(),
+        namespace: "shop".into(),
+        port: None,
+    };
+    settings(&mut bare_tls).target.tls = UpstreamTls::Tls;
+    let mut external = mapping("x", "/x/", "x");
+    settings(&mut external).target = address("api.example.com", 8443);
+    let config = config(
+        vec![mapping("a", "/a/", "users"), named, bare_tls, external],
+        Vec::new(),
+    );
+    let resources = translate(&config, &Endpoints::dns("cluster.local"));
+    assert!(resources.endpoints.is_empty());
+    assert!(crate::translate::assignments(&config, &Endpoints::dns("x")).is_empty());
+    let users = cluster_of(&resources, "cluster_users_default_80");
+    assert_eq!(discovery(users), cluster::DiscoveryType::StrictDns);
+    assert!(users.eds_cluster_config.is_none());
+    assert_eq!(
+        inline_endpoints(users.load_assignment.as_ref().expect("inline endpoints")),
+        [("users.default.svc.cluster.local".to_owned(), 80)]
+    );
+    let tls = cluster_of(&resources, "cluster_users_shop_tls");
+    assert_eq!(
+        inline_endpoints(tls.load_assignment.as_ref().expect("inline endpoints")),
+        [("users.shop.svc.cluster.local".to_owned(), 443)]
+    );
+    // SNI is still the Service's short name.
+    assert_eq!(upstream_tls(tls).sni, "users.shop");
+    // A port name cannot be resolved without the API: a cluster with no endpoints.
+    let named = cluster_of(&resources, "cluster_users_shop_http");
+    assert_eq!(discovery(named), cluster::DiscoveryType::StrictDns);
+    assert!(inline_endpoints(named.load_assignment.as_ref().expect("assignment")).is_empty());
+    // Plain host:port targets are as before.
+    let x = cluster_of(&resources, "cluster_api_example_com_8443");
+    assert_eq!(
+        inline_endpoints(x.load_assignment.as_ref().expect("inline endpoints")),
+        [("api.example.com".to_owned(), 8443)]
     );
 }
 
