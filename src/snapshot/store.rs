@@ -293,12 +293,12 @@ impl Store {
         if self.config.metrics.is_none() {
             return;
         }
+        // A version published again (a revert) counts from now, not from its first time.
         let version = snapshot.version();
-        if !inner.published.iter().any(|(v, _)| v == version) {
-            inner
-                .published
-                .push_back((version.to_owned(), std::time::Instant::now()));
-        }
+        inner.published.retain(|(v, _)| v != version);
+        inner
+            .published
+            .push_back((version.to_owned(), std::time::Instant::now()));
         while inner.published.len() > self.config.history.max(1) {
             inner.published.pop_front();
         }
