@@ -508,3 +508,65 @@ async fn diag_filters_routes_and_clusters() {
     );
     assert!(html.contains("Routes (0 of 2)"));
 }
+
+#[tokio::test]
+async fn a_halted_canary_rollout_shows_on_diag_status_and_metrics() {
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(Store::new(StoreConfig {
+        metrics: Some(metrics.clone()),
+        canary: Some(crate::snapshot::CanarySelector::try_new("cluster=canary").expect("selector")),
+        ..StoreConfig::default()
+    }));
+    let (_status, rx) = watch::channel(Arc::new(Status::default()));
+    let state = State::new(store.clone(), rx, metrics, None);
+    store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let canary = store.open_stream(
+        &Node {
+            id: "canary-1".into(),
+            cluster: "canary".into(),
+            ..Node::default()
+        },
+        Protocol::Sotw,
+    );
+    let changed = GOOD.replace("/orders/", "/orders/v2/");
+    store
+        .publish(snapshot("d00d003", &changed))
+        .await
+        .expect("consistent");
+    canary.sent(ResourceType::Route, "rds2", "d00d003+e0", "1");
+    canary.nacked(
+        ResourceType::Route,
+        "rds2",
+        "d00d003+e0",
+        "route <regex> too long",
+    );
+
+    let (_, body, _) = get(&state, "/api/v1/status").await;
+    let status = json(&body);
+    assert_eq!(status["rollout"]["state"], "halted", "{body}");
+    assert_eq!(status["rollout"]["node"], "canary-1");
+    assert_eq!(
+        status["serving"]["snapshot"], "c0ffee1+e0",
+        "the fleet stays"
+    );
+    assert_eq!(status["latest_snapshot"], "d00d003+e0");
+
+    let (_, html, _) = get(&state, "/diag").await;
+    assert!(html.contains("canary rollout halted"), "{html}");
+    assert!(html.contains("route &lt;regex&gt; too long"), "{html}");
+    assert!(html.contains("<strong>canary</strong>"), "{html}");
+
+    let (_, text, _) = get(&state, "/metrics").await;
+    assert!(
+        text.contains("attache_rollout_state{state=\"halted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attache_rollout_state{state=\"idle\"} 0"),
+        "{text}"
+    );
+    drop(canary);
+}
