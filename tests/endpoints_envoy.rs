@@ -319,13 +319,11 @@ async fn traffic_follows_a_service_scaled_1_3_0_2() {
     let lds = gw.stat("listener_manager.lds.update_success");
 
     users_slice(&gw.api, &pods, &[1, 2, 3]);
-    let got = gw.until_spread(
-        "/users/",
-        30,
-        "three pods",
-        only(&["pod-1", "pod-2", "pod-3"]),
-    );
-    assert!(got.values().all(|n| *n >= 3), "traffic spreads: {got:?}");
+    // A batch sent wholly after Envoy took the update: every pod gets a fair share
+    // (round robin; the first batch may straddle the update).
+    gw.until_spread("/users/", 30, "traffic spread over three pods", |got| {
+        only(&["pod-1", "pod-2", "pod-3"])(got) && got.values().all(|n| *n >= 5)
+    });
 
     users_slice(&gw.api, &pods, &[]);
     gw.until_spread("/users/", 5, "no pod: 503", only(&["503"]));

@@ -188,8 +188,12 @@ impl Store {
     pub async fn publish(&self, snapshot: Snapshot) -> Result<Arc<Snapshot>> {
         snapshot.consistent()?;
         let snapshot = Arc::new(snapshot);
-        let step = {
+        let (step, endpoints_only) = {
             let mut inner = self.inner.lock();
+            let endpoints_only = inner
+                .latest
+                .as_ref()
+                .is_some_and(|l| l.revision() == snapshot.revision());
             inner.latest = Some(snapshot.clone());
             push_history(&mut inner.history, snapshot.clone(), self.config.history);
             self.published_now(&mut inner, &snapshot);
@@ -197,19 +201,32 @@ impl Store {
             let synced = canaries_synced(&inner);
             let next = inner.rollout.canaries_synced(synced, Instant::now());
             self.refresh(&inner);
-            if matches!(step, Step::Promoted(_)) {
+            let step = if matches!(step, Step::Promoted(_)) {
                 step
             } else {
                 next
-            }
+            };
+            (step, endpoints_only)
         };
-        tracing::info!(
-            version = snapshot.version(),
-            resources = snapshot.len(),
-            "snapshot published"
-        );
+        if endpoints_only {
+            // Up to 20 a second while pods churn: not worth an info line each.
+            tracing::debug!(version = snapshot.version(), "endpoints snapshot published");
+        } else {
+            tracing::info!(
+                version = snapshot.version(),
+                resources = snapshot.len(),
+                "snapshot published"
+            );
+        }
         if let Step::Promoted(s) = step {
-            self.persist(s).await;
+            if endpoints_only {
+                // An endpoints-only change (issue 5) must reach Envoy within its coalescing
+                // window; its write (with two fsyncs) goes on behind it, and a newer write
+                // supersedes it. After a restart the watcher re-lists within a second anyway.
+                self.persist_in_background(s);
+            } else {
+                self.persist(s).await;
+            }
         }
         Ok(snapshot)
     }

@@ -71,8 +71,12 @@ impl DirSource {
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Every event (and every watcher error, such as a queue overflow) means "look
             // again"; what changed is decided by the content hash.
-            if let Err(e) = &event {
-                tracing::debug!("directory watcher: {e}");
+            match &event {
+                Err(e) => tracing::debug!("directory watcher: {e}"),
+                // Reads (our own included) change nothing; waking on them made every
+                // read of the directory trigger the next one, 100 ms apart, forever.
+                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => return,
+                Ok(_) => {}
             }
             wake.notify_one();
         });
