@@ -30,5 +30,7 @@ USER 10001:10001
 WORKDIR /var/lib/attache
 # xDS (gRPC ADS)
 EXPOSE 18000
+# Admin: /healthz, /readyz, /metrics, /diag (serve --admin-addr 0.0.0.0:8877 to reach it)
+EXPOSE 8877
 ENTRYPOINT ["/usr/local/bin/attache"]
 CMD ["--help"]

@@ -8,13 +8,18 @@
 //! publish a changed one (one more Mapping: new cluster, assignment and routes); the
 //! server times publish -> every node synced (all types ACKed at the new snapshot, from
 //! its own per-node state, polled every 10 ms) and reports its RSS and how many resources
-//! it encoded.
+//! and response bodies it encoded.
+//!
+//! The simulated nodes share the machine with the server, so they work as little as an
+//! ACKing Envoy allows: a response is decoded only as far as `version_info`, `type_url`
+//! and `nonce`; the EDS and RDS names a CDS or LDS response implies are worked out once
+//! per version for all nodes, not per node.
 //!
 //! ```sh
 //! cargo run --release --example xds_load -- --streams 10000 --mappings 500
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -34,11 +39,12 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use prost::bytes::Buf;
 use prost::{Message, Name};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 #[path = "../benches/support/generate.rs"]
 mod generate;
@@ -63,6 +69,9 @@ struct Args {
     /// The server's fleet-wide bound on responses in flight (`xds::Config::max_in_flight`).
     #[arg(long, default_value_t = attache::xds::Config::default().max_in_flight)]
     max_in_flight: usize,
+    /// A command to run the server under (a profiler), split on whitespace.
+    #[arg(long, default_value = "")]
+    server_wrapper: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -71,8 +80,23 @@ enum Role {
     Server,
 }
 
+/// mimalloc's option that delays returning freed memory to the OS, read at start.
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if matches!(args.role, Role::Driver) && std::env::var_os(PURGE_DELAY).is_none() {
+        // The simulated nodes receive gigabytes in buffers HTTP/2 allocates and frees;
+        // with mimalloc returning freed pages at once, the kernel spent a quarter of
+        // the run zeroing pages for the driver (perf: clear_page_erms). The driver
+        // keeps its freed pages instead; the server runs with the binary's defaults.
+        use std::os::unix::process::CommandExt;
+        let error = Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(PURGE_DELAY, "-1")
+            .exec();
+        return Err(error.into());
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
         Role::Server => runtime.block_on(server(args)),
@@ -117,6 +141,23 @@ fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time this process has used, user and system, in milliseconds. Wall times on a
+/// shared machine follow its load; CPU time says what the work itself costs.
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and
+    // 15th fields of the whole line, in clock ticks of 10 ms (USER_HZ on Linux).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
+}
+
 /// Polls the store until `expect` nodes hold `version`; returns how long that took.
 async fn wait_synced(
     store: &Store,
@@ -126,11 +167,7 @@ async fn wait_synced(
 ) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let synced = store
-            .nodes()
-            .iter()
-            .filter(|n| n.synced_snapshot.as_deref() == Some(version))
-            .count();
+        let synced = store.synced_nodes(version);
         if synced >= expect {
             return Some(start.elapsed());
         }
@@ -183,26 +220,36 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let took = wait_synced(&store, current.version(), args.streams, limit).await;
                 let (rss, hwm) = memory();
                 println!(
-                    "synced ok={} ms={} rss_kb={rss} hwm_kb={hwm}",
+                    "synced ok={} ms={} server_cpu_ms={} rss_kb={rss} hwm_kb={hwm} \
+                     response_bodies_encoded={}",
                     took.is_some(),
-                    took.map_or(0, |d| d.as_millis())
+                    took.map_or(0, |d| d.as_millis()),
+                    cpu_ms(),
+                    attache::xds::encoded_responses()
                 );
             }
             "publish" => {
                 let (next, _) = snapshot_of(args.mappings + 1)?;
                 let encoded_before = snapshot::encoded_resources();
+                let responses_before = attache::xds::encoded_responses();
+                let sent_before = attache::xds::sent_bytes();
                 let resources = next.len() as u64;
+                let cpu_before = cpu_ms();
                 let start = Instant::now();
                 current = store.publish(next).await?;
                 let took = wait_synced(&store, current.version(), args.streams, limit).await;
                 let elapsed = start.elapsed();
+                let cpu = cpu_ms() - cpu_before;
                 let (rss, hwm) = memory();
                 println!(
-                    "published ok={} ms={} rss_kb={rss} hwm_kb={hwm} encoded_in_snapshot={resources} \
-                     encoded_while_serving={}",
+                    "published ok={} ms={} server_cpu_ms={cpu} rss_kb={rss} hwm_kb={hwm} \
+                     encoded_in_snapshot={resources} encoded_while_serving={} \
+                     response_bodies_encoded={} sent_mb={}",
                     took.is_some(),
                     elapsed.as_millis(),
-                    snapshot::encoded_resources() - encoded_before
+                    snapshot::encoded_resources() - encoded_before,
+                    attache::xds::encoded_responses() - responses_before,
+                    (attache::xds::sent_bytes() - sent_before) / 1_000_000
                 );
             }
             _ => break,
@@ -217,7 +264,18 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    // `--server-wrapper 'valgrind --tool=massif'` runs the server under a profiler.
+    let mut wrapper = args.server_wrapper.split_whitespace();
+    let mut child = match wrapper.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(wrapper).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let mut child = child
+        .env_remove(PURGE_DELAY)
         .args(["--role", "server", "--streams", &args.streams.to_string()])
         .args(["--mappings", &args.mappings.to_string()])
         .args(["--max-in-flight", &args.max_in_flight.to_string()])
@@ -246,14 +304,16 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let failures = Arc::new(AtomicUsize::new(0));
     // Set before the server is told to quit, so streams ending then are not failures.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let names = Arc::new(NameCache::default());
     let connect_start = Instant::now();
     for i in 0..args.streams {
-        let client = AggregatedDiscoveryServiceClient::new(channels[i % connections].clone())
+        let client = tonic::client::Grpc::new(channels[i % connections].clone())
             .max_decoding_message_size(64 * 1024 * 1024);
         let failures = failures.clone();
         let stopping = stopping.clone();
+        let names = names.clone();
         tokio::spawn(async move {
-            if let Err(e) = node(client, i).await
+            if let Err(e) = node(client, i, names).await
                 && !stopping.load(Ordering::Relaxed)
                 && failures.fetch_add(1, Ordering::Relaxed) < 5
             {
@@ -274,8 +334,18 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.streams,
         connect_start.elapsed().as_millis()
     );
+    let cpu_before = cpu_ms();
+    let received_before = received();
     let published = tokio::task::block_in_place(|| ask("publish"))?;
-    println!("streams={} publish: {published}", args.streams);
+    let received_after = received();
+    let per_type: Vec<usize> = (0..4)
+        .map(|i| received_after[i] - received_before[i])
+        .collect();
+    println!(
+        "streams={} publish: {published} client_cpu_ms={} responses(cds,eds,lds,rds)={per_type:?}",
+        args.streams,
+        cpu_ms() - cpu_before
+    );
     println!("stream failures: {}", failures.load(Ordering::Relaxed));
     stopping.store(true, Ordering::Relaxed);
     let _ = tokio::task::block_in_place(|| ask("quit"));
@@ -289,12 +359,120 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 struct TypeState {
     nonce: String,
     version: String,
-    names: BTreeSet<String>,
+    names: Names,
 }
 
+/// Responses the nodes received, by type: CDS, EDS, LDS, RDS.
+static RECEIVED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+fn received() -> [usize; 4] {
+    RECEIVED.each_ref().map(|c| c.load(Ordering::Relaxed))
+}
+
+/// The fields of a `DiscoveryResponse` an ACK needs; prost skips the resources.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseHead {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// A response as a node sees it: the fields an ACK needs and, for CDS and LDS, the
+/// EDS or RDS names it implies.
+struct Seen {
+    head: ResponseHead,
+    names: Option<Names>,
+}
+
+/// Requests out as prost messages; responses decoded in place in tonic's buffer (so
+/// the buffer is reused, not reallocated per response), only as far as a node needs.
+#[derive(Clone)]
+struct AdsCodec {
+    names: Arc<NameCache>,
+}
+
+impl Codec for AdsCodec {
+    type Encode = DiscoveryRequest;
+    type Decode = Seen;
+    type Encoder = AdsCodec;
+    type Decoder = AdsCodec;
+    fn encoder(&mut self) -> AdsCodec {
+        self.clone()
+    }
+    fn decoder(&mut self) -> AdsCodec {
+        self.clone()
+    }
+}
+
+impl Encoder for AdsCodec {
+    type Item = DiscoveryRequest;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: DiscoveryRequest,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for AdsCodec {
+    type Item = Seen;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Seen>, Self::Error> {
+        let len = src.remaining();
+        let message = &src.chunk()[..len];
+        let bad = |e: prost::DecodeError| tonic::Status::internal(e.to_string());
+        let head = ResponseHead::decode(message).map_err(bad)?;
+        let names = if head.type_url == Cluster::type_url() || head.type_url == Listener::type_url()
+        {
+            Some(self.names.get(&head, message).map_err(bad)?)
+        } else {
+            None
+        };
+        src.advance(len);
+        Ok(Some(Seen { head, names }))
+    }
+}
+
+/// The resource names a node subscribes to, shared by every node that does.
+type Names = Arc<BTreeSet<String>>;
+
+/// The EDS or RDS names a CDS or LDS response implies, by type URL and version: every
+/// node gets the same responses, so only the first to see a version decodes it.
+#[derive(Default)]
+struct NameCache {
+    names: parking_lot::Mutex<HashMap<(String, String), Names>>,
+}
+
+impl NameCache {
+    fn get(&self, head: &ResponseHead, message: &[u8]) -> Result<Names, prost::DecodeError> {
+        let key = (head.type_url.clone(), head.version_info.clone());
+        if let Some(names) = self.names.lock().get(&key) {
+            return Ok(names.clone());
+        }
+        let response = DiscoveryResponse::decode(message)?;
+        let names = Arc::new(if head.type_url == Cluster::type_url() {
+            eds_names(&response)
+        } else {
+            rds_names(&response)
+        });
+        self.names.lock().insert(key, names.clone());
+        Ok(names)
+    }
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
 async fn node(
-    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    mut client: tonic::client::Grpc<tonic::transport::Channel>,
     index: usize,
+    names: Arc<NameCache>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     let node = Node {
@@ -318,14 +496,23 @@ async fn node(
         ..Default::default()
     })
     .await?;
+    client.ready().await?;
     let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            tonic::codegen::http::uri::PathAndQuery::from_static(SOTW_PATH),
+            AdsCodec { names },
+        )
         .await?
         .into_inner();
     let mut eds_state = TypeState::default();
     let mut rds_state = TypeState::default();
-    while let Some(response) = responses.message().await? {
-        let ack = |names: &BTreeSet<String>, r: &DiscoveryResponse| DiscoveryRequest {
+    while let Some(Seen {
+        head: response,
+        names,
+    }) = responses.message().await?
+    {
+        let ack = |names: &BTreeSet<String>, r: &ResponseHead| DiscoveryRequest {
             type_url: r.type_url.clone(),
             version_info: r.version_info.clone(),
             response_nonce: r.nonce.clone(),
@@ -333,12 +520,17 @@ async fn node(
             ..Default::default()
         };
         let t = response.type_url.as_str();
+        let kind = [&cds, &eds, &lds, &rds].iter().position(|u| *u == t);
+        if let Some(kind) = kind {
+            RECEIVED[kind].fetch_add(1, Ordering::Relaxed);
+        }
         if t == cds || t == lds {
             tx.send(ack(&BTreeSet::new(), &response)).await?;
-            let (names, state, url) = if t == cds {
-                (eds_names(&response), &mut eds_state, &eds)
+            let names = names.unwrap_or_default();
+            let (state, url) = if t == cds {
+                (&mut eds_state, &eds)
             } else {
-                (rds_names(&response), &mut rds_state, &rds)
+                (&mut rds_state, &rds)
             };
             if names != state.names {
                 state.names = names;

@@ -29,6 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoints::Endpoints;
 use crate::pipeline::{Attempt, Outcome, Status};
 use crate::snapshot::{ResourceType, RolloutStatus, Store};
 use crate::xds::type_url;
@@ -184,7 +185,7 @@ impl Metrics {
         );
         registry.register(
             "endpoint_events",
-            "Endpoint changes received from the endpoint source",
+            "Endpoint changes published by the endpoint watcher (bursts of EndpointSlice events coalesce into one)",
             metrics.endpoint_events.clone(),
         );
         registry.register(
@@ -288,7 +289,7 @@ impl Metrics {
         self.git_fetch_errors.inc();
     }
 
-    /// The endpoint source delivered `n` changes (EndpointSlice events, DNS answers).
+    /// The endpoint watcher published `n` changes.
     pub fn endpoint_events(&self, n: u64) {
         self.endpoint_events.inc_by(n);
     }
@@ -390,6 +391,33 @@ pub async fn follow_status(
             biased;
             () = shutdown.cancelled() => return,
             changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Counts endpoint changes from the endpoint watcher's channel until `shutdown`: each
+/// published generation is one change (the watcher coalesces bursts of EndpointSlice
+/// events into one publish), counted by generation so coalesced updates still add up.
+///
+/// # Cancellation
+///
+/// Cancel-safe; it only stops counting.
+pub async fn follow_endpoints(
+    mut endpoints: watch::Receiver<Arc<Endpoints>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut seen = 0;
+    loop {
+        let generation = endpoints.borrow_and_update().generation;
+        if generation > seen {
+            metrics.endpoint_events(generation - seen);
+            seen = generation;
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            changed = endpoints.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -152,7 +152,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let mut pipeline = Pipeline::new(
         store.clone(),
         config.load.clone(),
-        Some(endpoints),
+        Some(endpoints.clone()),
         config.retry,
     );
     // Up before the first poll (a clone can take a while): /healthz answers, /readyz says
@@ -172,6 +172,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         admin_stop.clone(),
     ));
     let git = matches!(config.source, SourceConfig::Git(_));
+    tokio::spawn(metrics::follow_endpoints(
+        endpoints,
+        metrics.clone(),
+        admin_stop.clone(),
+    ));
     tokio::spawn(metrics::follow_status(
         pipeline.status(),
         metrics,

@@ -492,3 +492,24 @@ async fn bad_requests_name_what_is_wrong() {
         .expect("clean stop");
     server.stop().await;
 }
+
+#[test]
+fn serve_refuses_an_admin_address_in_use_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--xds-addr", "127.0.0.1:0", "--dir"])
+        .arg(tmp.path())
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--admin-addr", &addr.to_string()])
+        .output()
+        .expect("run attache serve");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen for the admin API on {addr}")),
+        "{stderr}"
+    );
+}

@@ -140,9 +140,14 @@ fn a_bad_file_does_not_hide_the_good_ones_under_allow_partial() {
         bytes: good.as_bytes().to_vec(),
     }];
     for path in corpus() {
+        let bytes = fs::read(&path).unwrap();
+        // Invalid enforcing resources reject even a partial revision: see the next test.
+        if ENFORCING.iter().any(|k| contains(&bytes, k)) {
+            continue;
+        }
         files.push(SourceFile {
             path: path.file_name().unwrap().to_string_lossy().into_owned(),
-            bytes: fs::read(&path).unwrap(),
+            bytes,
         });
     }
     let options = Options {
@@ -156,6 +161,80 @@ fn a_bad_file_does_not_hide_the_good_ones_under_allow_partial() {
 
     let strict = config::load_files(&files, &Options::default());
     assert!(!strict.is_accepted(), "one bad file rejects the revision");
+}
+
+/// Kinds whose absence would let through traffic they exist to stop.
+const ENFORCING: &[&str] = &[
+    "kind: AuthService",
+    "kind: RateLimitService",
+    "kind: LocalRateLimit",
+];
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Issue 7: leaving out an invalid AuthService would serve every route unauthenticated,
+/// so `--allow-partial` must not: the revision is rejected and the last good one serves.
+#[test]
+fn an_invalid_enforcing_resource_rejects_even_a_partial_revision() {
+    for path in corpus() {
+        let bytes = fs::read(&path).unwrap();
+        if !ENFORCING.iter().any(|k| contains(&bytes, k)) {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let files = [SourceFile {
+            path: name.clone(),
+            bytes,
+        }];
+        let options = Options {
+            policy: config::Policy::SkipInvalid,
+            ..Options::default()
+        };
+        let outcome = config::load_files(&files, &options);
+        let enforcing_error = outcome.errors().any(|d| {
+            d.resource.as_ref().is_some_and(|r| {
+                ENFORCING
+                    .iter()
+                    .any(|k| k.strip_prefix("kind: ") == Some(r.kind.as_str()))
+            })
+        });
+        assert_eq!(
+            outcome.is_accepted(),
+            !enforcing_error,
+            "{name}: {:?}",
+            outcome.diagnostics
+        );
+    }
+    // A broken file that mentions an AuthService may have held one.
+    let files = [SourceFile {
+        path: "broken.yaml".into(),
+        bytes: b"kind: AuthService\nspec: [unclosed\n".to_vec(),
+    }];
+    let options = Options {
+        policy: config::Policy::SkipInvalid,
+        ..Options::default()
+    };
+    assert!(!config::load_files(&files, &options).is_accepted());
+    // A bad Mapping beside a good AuthService is still skipped under --allow-partial.
+    let yaml = "apiVersion: getambassador.io/v3alpha1\nkind: AuthService\nmetadata:\n  name: auth\n\
+                spec:\n  auth_service: auth:3000\n---\napiVersion: getambassador.io/v3alpha1\n\
+                kind: Mapping\nmetadata:\n  name: bad\nspec:\n  prefix: nope\n  service: x\n";
+    let files = [SourceFile {
+        path: "mixed.yaml".into(),
+        bytes: yaml.as_bytes().to_vec(),
+    }];
+    let options = Options {
+        policy: config::Policy::SkipInvalid,
+        ..Options::default()
+    };
+    let outcome = config::load_files(&files, &options);
+    assert!(outcome.is_accepted(), "{:?}", outcome.diagnostics);
+    assert!(outcome.config.auth_service.is_some());
+    assert!(outcome.config.mappings.is_empty());
 }
 
 #[test]

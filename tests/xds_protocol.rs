@@ -453,3 +453,163 @@ async fn responses_in_flight_are_bounded_across_the_fleet() {
     let rb = b.recv().await;
     assert_eq!(names(&rb), ["a", "b"]);
 }
+
+/// Sends and receives raw message bytes, to put on the wire what no well-behaved
+/// client would.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        *self
+    }
+    fn decoder(&mut self) -> RawCodec {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `path` with `messages` (and a `grpc-encoding` header, if given) and returns
+/// the status the call ends with; fails if a message comes back instead.
+async fn raw_call(
+    addr: SocketAddr,
+    path: &'static str,
+    messages: Vec<Vec<u8>>,
+    encoding: Option<&'static str>,
+) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    if let Some(encoding) = encoding {
+        request.metadata_mut().insert(
+            "grpc-encoding",
+            tonic::metadata::MetadataValue::from_static(encoding),
+        );
+    }
+    let call = grpc.streaming(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    );
+    let response = match tokio::time::timeout(xds_util::WAIT, call)
+        .await
+        .expect("an answer in time")
+    {
+        Err(status) => return status,
+        Ok(response) => response,
+    };
+    let mut stream = response.into_inner();
+    match tokio::time::timeout(xds_util::WAIT, stream.message())
+        .await
+        .expect("an answer in time")
+    {
+        Err(status) => status,
+        Ok(message) => panic!("expected the call to fail, got {message:?}"),
+    }
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+#[tokio::test]
+async fn bad_input_on_the_wire_gets_a_status_that_says_what_was_wrong() {
+    let config = attache::xds::Config {
+        max_request_bytes: 1024,
+        ..attache::xds::Config::default()
+    };
+    let server = Server::start_with(
+        std::sync::Arc::new(attache::snapshot::Store::new(StoreConfig::default())),
+        config,
+    )
+    .await;
+    server.publish(base("r1")).await;
+
+    // Bytes that are no protobuf message.
+    for (path, message) in [
+        (SOTW_PATH, "DiscoveryRequest"),
+        (DELTA_PATH, "DeltaDiscoveryRequest"),
+    ] {
+        let status = raw_call(server.addr, path, vec![vec![0xff, 0xff, 0xff]], None).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains(message),
+            "names the request type: {status:?}"
+        );
+    }
+
+    // A request larger than the configured limit.
+    let big = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+        type_url: CLUSTER.to_owned(),
+        resource_names: (0..200).map(|i| format!("cluster-{i}")).collect(),
+        ..Default::default()
+    };
+    let status = raw_call(
+        server.addr,
+        SOTW_PATH,
+        vec![prost::Message::encode_to_vec(&big)],
+        None,
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("1024"),
+        "names the limit: {status:?}"
+    );
+
+    // Compressed requests: attache accepts none.
+    let status = raw_call(server.addr, SOTW_PATH, vec![vec![]], Some("gzip")).await;
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("gzip"), "{status:?}");
+
+    // A method the ADS service does not have.
+    let status = raw_call(
+        server.addr,
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/NoSuchMethod",
+        vec![vec![]],
+        None,
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("NoSuchMethod"), "{status:?}");
+
+    // The server still serves well-behaved nodes.
+    let mut client = SotwClient::connect(server.addr, node("after")).await;
+    client.request(CLUSTER, &[], "", "").await;
+    assert_eq!(names(&client.recv().await), ["a", "b"]);
+}

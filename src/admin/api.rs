@@ -262,7 +262,7 @@ async fn diff(
         from: older.version().to_owned(),
         to: newer.version().to_owned(),
         diff: newer.diff(&older),
-        routes: route_diff(&Inventory::of(&older), &Inventory::of(&newer)),
+        routes: route_diff(&state.inventory.get(&older), &state.inventory.get(&newer)),
     }))
 }
 
@@ -298,6 +298,9 @@ fn inventory(state: &State, name: Option<&str>) -> Result<Arc<Inventory>> {
 /// A snapshot in the history by version, revision id, or unique prefix of either; the
 /// newest wins when several share a revision (another endpoints generation).
 fn resolve(state: &State, name: &str, param: &str) -> Result<Arc<Snapshot>> {
+    // A version pasted into a URL as is (`?from=abc+e0`) arrives with its `+` decoded as
+    // a space; versions hold no spaces, so put it back.
+    let name = &name.replace(' ', "+");
     if name.is_empty() {
         return Err(Error::BadRequest(format!("?{param}= is empty")));
     }

@@ -8,13 +8,14 @@
 
 use std::fmt::Write;
 
-use axum::extract::State as Extract;
+use axum::extract::{Query, State as Extract};
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
 
 use super::api::{StatusView, node_view, status_view};
 use super::html::{esc, short, utc};
-use super::inventory::{Inventory, Target};
+use super::inventory::{ClusterRow, Inventory, RouteRow, Target};
 use super::{Error, Result, State};
 use crate::config::Diagnostic;
 use crate::pipeline::{Attempt, Outcome};
@@ -38,13 +39,55 @@ box.checked=location.hash==='#auto';
 let timer;
 function apply(){clearInterval(timer);
 if(box.checked){location.hash='auto';timer=setInterval(()=>location.reload(),5000);}
-else if(location.hash){history.replaceState(null,'',location.pathname);}}
+else if(location.hash){history.replaceState(null,'',location.pathname+location.search);}}
 box.addEventListener('change',apply);apply();
 ";
 
+/// `/diag?q=TEXT`: show only the routes and clusters whose text contains `TEXT`.
+#[derive(Debug, Deserialize)]
+pub(super) struct Params {
+    q: Option<String>,
+}
+
+/// How many routes and clusters the page lists unfiltered (10k routes make an 8 MB page);
+/// `?q=` narrows them, and the JSON API has them all.
+const MAX_ROWS: usize = 1000;
+
+/// The `?q=` filter: case-insensitive substring of a row's host, match, target or source.
+struct Filter {
+    needle: Option<String>,
+}
+
+impl Filter {
+    fn new(q: Option<&str>) -> Filter {
+        Filter {
+            needle: q
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_lowercase),
+        }
+    }
+
+    fn keeps(&self, fields: &[&str]) -> bool {
+        match &self.needle {
+            None => true,
+            Some(needle) => fields.iter().any(|f| f.to_lowercase().contains(needle)),
+        }
+    }
+}
+
+/// How many nodes the page lists: a fleet of thousands would make a page no browser
+/// renders quickly, and the ones that need attention are sorted first.
+const MAX_NODE_ROWS: usize = 500;
+
 /// `GET /diag`.
-pub(super) async fn page(Extract(state): Extract<State>) -> Result<Response> {
-    let html = render(&state).map_err(|e| Error::Internal(format!("rendering /diag: {e}")))?;
+pub(super) async fn page(
+    Extract(state): Extract<State>,
+    Query(params): Query<Params>,
+) -> Result<Response> {
+    let filter = Filter::new(params.q.as_deref());
+    let html =
+        render(&state, &filter).map_err(|e| Error::Internal(format!("rendering /diag: {e}")))?;
     let mut response = Html(html).into_response();
     // Always fresh: the page is a live view.
     response
@@ -53,16 +96,16 @@ pub(super) async fn page(Extract(state): Extract<State>) -> Result<Response> {
     Ok(response)
 }
 
-fn render(state: &State) -> Result<String, std::fmt::Error> {
+fn render(state: &State, filter: &Filter) -> Result<String, std::fmt::Error> {
     let status = status_view(state);
     let inventory = state.store.stable().map(|s| state.inventory.get(&s));
     let mut nodes = state.store.nodes();
-    // Connected first, then by id: the ones that matter now on top.
-    nodes.sort_by(|a, b| {
-        a.streams
-            .is_empty()
-            .cmp(&b.streams.is_empty())
-            .then(a.id.cmp(&b.id))
+    // What needs attention first: connected nodes not in sync with the fleet's snapshot,
+    // then the other connected ones, then the disconnected; by id within each.
+    let fleet = status.serving.as_ref().map(|s| s.snapshot.as_str());
+    nodes.sort_by_cached_key(|n| {
+        let in_sync = n.synced_snapshot.as_deref() == fleet;
+        (n.streams.is_empty(), in_sync, n.id.clone())
     });
     let mut out = String::with_capacity(16 * 1024);
     let o = &mut out;
@@ -85,8 +128,15 @@ fn render(state: &State) -> Result<String, std::fmt::Error> {
     nodes_table(o, &nodes)?;
     match &inventory {
         Some(inventory) => {
-            routes_table(o, inventory)?;
-            clusters_table(o, inventory)?;
+            write!(
+                o,
+                "<form method=get action=/diag id=filter><input name=q size=40 \
+                 placeholder=\"host, path, cluster or file\" value=\"{}\"> \
+                 <button>Filter routes and clusters</button></form>",
+                esc(filter.needle.as_deref().unwrap_or_default())
+            )?;
+            routes_table(o, inventory, filter)?;
+            clusters_table(o, inventory, filter)?;
         }
         None => write!(
             o,
@@ -251,6 +301,14 @@ fn nodes_table(o: &mut String, nodes: &[NodeState]) -> std::fmt::Result {
     if nodes.is_empty() {
         return write!(o, "<p class=muted>No Envoy has connected.</p>");
     }
+    if nodes.len() > MAX_NODE_ROWS {
+        write!(
+            o,
+            "<p class=muted>The first {MAX_NODE_ROWS} (out of sync first); every node is in \
+             <a href=\"/api/v1/nodes\">/api/v1/nodes</a>.</p>"
+        )?;
+    }
+    let nodes = &nodes[..nodes.len().min(MAX_NODE_ROWS)];
     write!(
         o,
         "<table><thead><tr><th>Node</th><th>Cluster</th><th>State</th><th>Synced snapshot</th>\
@@ -330,22 +388,34 @@ fn type_short(kind: ResourceType) -> &'static str {
     }
 }
 
-fn routes_table(o: &mut String, inventory: &Inventory) -> std::fmt::Result {
+fn routes_table(o: &mut String, inventory: &Inventory, filter: &Filter) -> std::fmt::Result {
+    let routes: Vec<&RouteRow> = inventory
+        .routes
+        .iter()
+        .filter(|r| {
+            let domains = r.domains.join(", ");
+            let target = serde_json::to_string(&r.target).unwrap_or_default();
+            let location = r.source.as_ref().map_or("", |s| s.location.as_str());
+            let name = r.source.as_ref().map_or("", |s| s.name.as_str());
+            filter.keeps(&[&domains, &r.matcher, &target, location, name, &r.name])
+        })
+        .collect();
     write!(
         o,
         "<h2 id=routes>Routes ({}) <span class=muted>in snapshot <code>{}</code></span></h2>",
-        inventory.routes.len(),
+        count(routes.len(), inventory.routes.len()),
         esc(&inventory.snapshot)
     )?;
-    if inventory.routes.is_empty() {
+    if routes.is_empty() {
         return write!(o, "<p class=muted>No routes.</p>");
     }
+    capped(o, routes.len(), "routes")?;
     write!(
         o,
         "<table><thead><tr><th>Host</th><th>Match</th><th>Target (cluster, weight)</th>\
          <th>Source</th><th>Route config</th></tr></thead><tbody>"
     )?;
-    for route in &inventory.routes {
+    for route in routes.into_iter().take(MAX_ROWS) {
         write!(
             o,
             "<tr class=route><td>{}</td><td><code>{}</code></td><td>",
@@ -376,6 +446,27 @@ fn routes_table(o: &mut String, inventory: &Inventory) -> std::fmt::Result {
     write!(o, "</tbody></table>")
 }
 
+/// `12` or, filtered, `3 of 12`.
+fn count(shown: usize, total: usize) -> String {
+    if shown == total {
+        total.to_string()
+    } else {
+        format!("{shown} of {total}")
+    }
+}
+
+/// Says so when a table shows only its first [`MAX_ROWS`].
+fn capped(o: &mut String, rows: usize, what: &str) -> std::fmt::Result {
+    if rows <= MAX_ROWS {
+        return Ok(());
+    }
+    write!(
+        o,
+        "<p class=muted>The first {MAX_ROWS} {what}: filter above, or see every one in \
+         <a href=\"/api/v1/{what}\">/api/v1/{what}</a>.</p>"
+    )
+}
+
 fn source(o: &mut String, source: Option<&super::inventory::Source>) -> std::fmt::Result {
     match source {
         Some(s) => write!(
@@ -390,21 +481,31 @@ fn source(o: &mut String, source: Option<&super::inventory::Source>) -> std::fmt
     }
 }
 
-fn clusters_table(o: &mut String, inventory: &Inventory) -> std::fmt::Result {
+fn clusters_table(o: &mut String, inventory: &Inventory, filter: &Filter) -> std::fmt::Result {
+    let clusters: Vec<&ClusterRow> = inventory
+        .clusters
+        .iter()
+        .filter(|c| {
+            let location = c.source.as_ref().map_or("", |s| s.location.as_str());
+            let name = c.source.as_ref().map_or("", |s| s.name.as_str());
+            filter.keeps(&[&c.name, location, name])
+        })
+        .collect();
     write!(
         o,
         "<h2 id=clusters>Clusters ({})</h2>",
-        inventory.clusters.len()
+        count(clusters.len(), inventory.clusters.len())
     )?;
-    if inventory.clusters.is_empty() {
+    if clusters.is_empty() {
         return write!(o, "<p class=muted>No clusters.</p>");
     }
+    capped(o, clusters.len(), "clusters")?;
     write!(
         o,
         "<table><thead><tr><th>Cluster</th><th>Discovery</th><th>Healthy / total endpoints</th>\
          <th>Source</th></tr></thead><tbody>"
     )?;
-    for cluster in &inventory.clusters {
+    for cluster in clusters.into_iter().take(MAX_ROWS) {
         let class = if cluster.healthy == 0 { "nack" } else { "ack" };
         write!(
             o,

@@ -7,7 +7,7 @@
 //! version and cached ([`Cache`]): `/diag` refreshes every few seconds and a snapshot of
 //! 10k routes should not be decoded on each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -147,28 +147,37 @@ pub struct Inventory {
     pub undecodable: Vec<String>,
 }
 
-/// The inventory of the last snapshot asked for.
+/// The inventories of the last few snapshots asked for: the serving one for `/diag`,
+/// and the pair a diff compares.
 #[derive(Debug, Default)]
 pub struct Cache {
-    last: Mutex<Option<Arc<Inventory>>>,
+    recent: Mutex<VecDeque<Arc<Inventory>>>,
 }
+
+/// How many decoded snapshots [`Cache`] keeps (each is about the size of its routes'
+/// text: ~15 MB for 10k Mappings).
+const CACHED: usize = 3;
 
 // === impl Cache ===
 
 impl Cache {
     /// The inventory of `snapshot`, decoded on the first call for its version.
     pub fn get(&self, snapshot: &Snapshot) -> Arc<Inventory> {
-        if let Some(hit) = self
-            .last
-            .lock()
-            .as_ref()
-            .filter(|i| i.snapshot == snapshot.version())
         {
-            return hit.clone();
+            let mut recent = self.recent.lock();
+            if let Some(i) = recent.iter().position(|i| i.snapshot == snapshot.version()) {
+                // Most recently used first.
+                let hit = recent.remove(i).expect("position is in range");
+                recent.push_front(hit.clone());
+                return hit;
+            }
         }
         // Decoded outside the lock: a slow decode must not hold up other requests.
         let fresh = Arc::new(Inventory::of(snapshot));
-        *self.last.lock() = Some(fresh.clone());
+        let mut recent = self.recent.lock();
+        recent.retain(|i| i.snapshot != fresh.snapshot);
+        recent.push_front(fresh.clone());
+        recent.truncate(CACHED);
         fresh
     }
 }
@@ -501,5 +510,14 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let other = Snapshot::new("r2", 0, &Resources::default()).expect("empty");
         assert_eq!(cache.get(&other).snapshot, "r2+e0");
+        // r1 is still cached beside r2 (a diff compares two).
+        assert!(Arc::ptr_eq(&cache.get(&snapshot), &a));
+        for r in ["r3", "r4", "r5"] {
+            cache.get(&Snapshot::new(r, 0, &Resources::default()).expect("empty"));
+        }
+        assert!(
+            !Arc::ptr_eq(&cache.get(&snapshot), &a),
+            "evicted after {CACHED} others"
+        );
     }
 }

@@ -361,6 +361,11 @@ async fn revisions_and_diff() {
     assert_eq!(changed_routes.len(), 1, "{body}");
     assert_eq!(changed_routes[0][1]["source"]["name"], "orders");
 
+    // A version pasted unencoded: its `+` arrives as a space.
+    let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1+e0&to=d00d003%2Be0").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["from"], "c0ffee1+e0");
+
     let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1").await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     let (code, body, _) = get(&f.state, "/api/v1/diff?from=c0ffee1&to=nothere").await;
@@ -446,4 +451,122 @@ async fn unknown_paths_are_json_404s() {
     let (code, body, _) = get(&f.state, "/api/v1/nope").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert!(json(&body)["error"].is_string());
+}
+
+#[tokio::test]
+async fn diag_lists_the_nodes_needing_attention_first_and_caps_the_table() {
+    let f = fixture();
+    f.store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let node = |id: &str| Node {
+        id: id.into(),
+        ..Node::default()
+    };
+    let in_sync = f.store.open_stream(&node("a-in-sync"), Protocol::Sotw);
+    in_sync.synced(Some("c0ffee1+e0"));
+    let lagging: Vec<_> = (0..MAX_NODE_ROWS_FOR_TEST)
+        .map(|i| {
+            f.store
+                .open_stream(&node(&format!("lagging-{i:03}")), Protocol::Delta)
+        })
+        .collect();
+    let (_, html, _) = get(&f.state, "/diag").await;
+    assert!(html.contains("The first 500"), "{html}");
+    assert!(html.contains("lagging-000") && html.contains("lagging-499"));
+    assert!(
+        !html.contains("a-in-sync"),
+        "in-sync nodes come after the lagging ones"
+    );
+    assert_eq!(html.matches("<tr class=node>").count(), 500);
+    drop((in_sync, lagging));
+}
+
+const MAX_NODE_ROWS_FOR_TEST: usize = 500;
+
+#[tokio::test]
+async fn diag_filters_routes_and_clusters() {
+    let f = fixture();
+    f.store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let (_, html, _) = get(&f.state, "/diag?q=ORDERS").await;
+    assert!(html.contains("Routes (1 of 2)"), "{html}");
+    assert!(html.contains("prefix /orders/"));
+    assert!(!html.contains("prefix /users/"));
+    assert!(html.contains("Clusters (1 of 2)"), "{html}");
+    // By file:line too.
+    let (_, html, _) = get(&f.state, "/diag?q=shop.yaml:1").await;
+    assert!(html.contains("prefix /users/") && html.contains("prefix /orders/"));
+    // The filter's own text goes back into the form, escaped.
+    let (_, html, _) = get(&f.state, "/diag?q=%22%3E%3Cscript%3E").await;
+    assert!(
+        html.contains("value=\"&quot;&gt;&lt;script&gt;\""),
+        "{html}"
+    );
+    assert!(html.contains("Routes (0 of 2)"));
+}
+
+#[tokio::test]
+async fn a_halted_canary_rollout_shows_on_diag_status_and_metrics() {
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(Store::new(StoreConfig {
+        metrics: Some(metrics.clone()),
+        canary: Some(crate::snapshot::CanarySelector::try_new("cluster=canary").expect("selector")),
+        ..StoreConfig::default()
+    }));
+    let (_status, rx) = watch::channel(Arc::new(Status::default()));
+    let state = State::new(store.clone(), rx, metrics, None);
+    store
+        .publish(snapshot("c0ffee1", GOOD))
+        .await
+        .expect("consistent");
+    let canary = store.open_stream(
+        &Node {
+            id: "canary-1".into(),
+            cluster: "canary".into(),
+            ..Node::default()
+        },
+        Protocol::Sotw,
+    );
+    let changed = GOOD.replace("/orders/", "/orders/v2/");
+    store
+        .publish(snapshot("d00d003", &changed))
+        .await
+        .expect("consistent");
+    canary.sent(ResourceType::Route, "rds2", "d00d003+e0", "1");
+    canary.nacked(
+        ResourceType::Route,
+        "rds2",
+        "d00d003+e0",
+        "route <regex> too long",
+    );
+
+    let (_, body, _) = get(&state, "/api/v1/status").await;
+    let status = json(&body);
+    assert_eq!(status["rollout"]["state"], "halted", "{body}");
+    assert_eq!(status["rollout"]["node"], "canary-1");
+    assert_eq!(
+        status["serving"]["snapshot"], "c0ffee1+e0",
+        "the fleet stays"
+    );
+    assert_eq!(status["latest_snapshot"], "d00d003+e0");
+
+    let (_, html, _) = get(&state, "/diag").await;
+    assert!(html.contains("canary rollout halted"), "{html}");
+    assert!(html.contains("route &lt;regex&gt; too long"), "{html}");
+    assert!(html.contains("<strong>canary</strong>"), "{html}");
+
+    let (_, text, _) = get(&state, "/metrics").await;
+    assert!(
+        text.contains("attache_rollout_state{state=\"halted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attache_rollout_state{state=\"idle\"} 0"),
+        "{text}"
+    );
+    drop(canary);
 }

@@ -151,7 +151,12 @@ pub enum Spec {
     Host(raw::HostSpec),
     Listener(raw::ListenerSpec),
     TlsContext(raw::TlsContextSpec),
-    Module,
+    Module(Box<raw::ModuleSpec>),
+    AuthService(Box<raw::AuthServiceSpec>),
+    RateLimitService(raw::RateLimitServiceSpec),
+    TracingService(raw::TracingServiceSpec),
+    LogService(raw::LogServiceSpec),
+    LocalRateLimit(raw::LocalRateLimitSpec),
 }
 
 /// API groups whose kinds follow Emissary's model.
@@ -164,28 +169,33 @@ const EMISSARY_API_VERSIONS: &[&str] = &[
     "ambassador/v2",
 ];
 
-/// Emissary kinds we do not implement. Those that enforce something (authentication,
-/// limits, raw TCP routing) are errors: serving without them would silently open the
-/// gateway. The rest only add observability or discovery hints and are skipped with a
+/// attache's own extensions, and the kinds they hold.
+const ATTACHE_API_VERSION: &str = "attache.io/v1";
+const ATTACHE_KINDS: &[&str] = &["LocalRateLimit"];
+
+/// Emissary kinds we do not implement. Those that enforce something (Edge Stack's
+/// filters, raw TCP routing) are errors: serving without them would silently open the
+/// gateway. The rest only add discovery hints or a portal and are skipped with a
 /// warning.
-const UNSUPPORTED_ENFORCING: &[&str] = &[
-    "AuthService",
-    "RateLimitService",
-    "TCPMapping",
-    "Filter",
-    "FilterPolicy",
-    "ExternalFilter",
-];
+const UNSUPPORTED_ENFORCING: &[&str] = &["TCPMapping", "Filter", "FilterPolicy", "ExternalFilter"];
 const UNSUPPORTED_ADVISORY: &[&str] = &[
-    "LogService",
-    "TracingService",
     "KubernetesEndpointResolver",
     "KubernetesServiceResolver",
     "ConsulResolver",
     "DevPortal",
 ];
 
-const KNOWN_KINDS: &[&str] = &["Mapping", "Host", "Listener", "TLSContext", "Module"];
+const KNOWN_KINDS: &[&str] = &[
+    "Mapping",
+    "Host",
+    "Listener",
+    "TLSContext",
+    "Module",
+    "AuthService",
+    "RateLimitService",
+    "TracingService",
+    "LogService",
+];
 
 /// The annotation Emissary reads resources from.
 pub const CONFIG_ANNOTATION: &str = "getambassador.io/config";
@@ -238,6 +248,45 @@ pub fn parse_files(
     parsed
 }
 
+/// Kinds whose absence would let through traffic they exist to stop (see
+/// `Outcome::is_accepted`).
+const ENFORCING_KINDS: &[&str] = &["AuthService", "RateLimitService", "LocalRateLimit"];
+
+/// A file that cannot be parsed may have held an AuthService (or another enforcing kind):
+/// say so as an error of that kind, so that `--allow-partial` does not serve the rest of
+/// the revision without it. Mentioning the kind anywhere counts; a false alarm only
+/// rejects a revision whose file is broken anyway.
+fn unreadable_enforcing(file: &Arc<str>, bytes: &[u8], diagnostics: &mut Vec<Diagnostic>) {
+    for kind in ENFORCING_KINDS {
+        if bytes.windows(kind.len()).any(|w| w == kind.as_bytes()) {
+            diagnostics.push(Diagnostic {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                resource: Some(ResourceRef {
+                    kind: (*kind).to_owned(),
+                    name: "(unreadable)".to_owned(),
+                }),
+                field: String::new(),
+                message: format!(
+                    "this file mentions {kind} but cannot be read: refusing to serve without it"
+                ),
+            });
+        }
+    }
+}
+
+/// The `metadata.name` (CRD form) or `name` (flat form) of a document, if it has one.
+fn document_name(doc: &Node) -> String {
+    doc.get("metadata")
+        .and_then(|m| m.get("name"))
+        .or_else(|| doc.get("name"))
+        .and_then(Node::as_str)
+        .unwrap_or("(unnamed)")
+        .to_owned()
+}
+
 /// Below this many bytes a revision parses faster on one thread than it takes to start more.
 const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 /// Parsing is memory-bound beyond a few cores.
@@ -282,6 +331,7 @@ fn parse_some(
                     field: String::new(),
                     message: e.message,
                 });
+                unreadable_enforcing(&name, &file.bytes, diagnostics);
                 continue;
             }
         };
@@ -385,13 +435,46 @@ impl DocContext<'_> {
             self.service_annotation(doc);
             return;
         }
-        if !EMISSARY_API_VERSIONS.contains(&api_version.as_str()) {
+        let attache_kind = api_version == ATTACHE_API_VERSION;
+        if attache_kind && !ATTACHE_KINDS.contains(&kind.as_str()) {
+            let node = doc.get("kind").unwrap_or(doc);
+            self.error(
+                node,
+                None,
+                "kind".into(),
+                format!(
+                    "unknown kind {kind:?} for {ATTACHE_API_VERSION}; it holds {}",
+                    ATTACHE_KINDS.join(", ")
+                ),
+            );
+            return;
+        }
+        if !attache_kind && ATTACHE_KINDS.contains(&kind.as_str()) {
+            let node = doc.get("apiVersion").unwrap_or(doc);
+            self.error(
+                node,
+                Some(ResourceRef {
+                    kind: kind.clone(),
+                    name: document_name(doc),
+                }),
+                "apiVersion".into(),
+                format!("{kind} is an attache extension: use apiVersion {ATTACHE_API_VERSION}"),
+            );
+            return;
+        }
+        if !attache_kind && !EMISSARY_API_VERSIONS.contains(&api_version.as_str()) {
             if api_version.contains("ambassador") || api_version.contains("attache") {
-                let known = EMISSARY_API_VERSIONS.join(", ");
+                let known = format!(
+                    "{}, {ATTACHE_API_VERSION}",
+                    EMISSARY_API_VERSIONS.join(", ")
+                );
                 let node = doc.get("apiVersion").unwrap_or(doc);
                 self.error(
                     node,
-                    None,
+                    Some(ResourceRef {
+                        kind: kind.clone(),
+                        name: document_name(doc),
+                    }),
                     "apiVersion".into(),
                     format!("unknown apiVersion {api_version:?}; expected one of {known}"),
                 );
@@ -417,6 +500,11 @@ impl DocContext<'_> {
             "Listener" => Kind::Listener,
             "TLSContext" => Kind::TlsContext,
             "Module" => Kind::Module,
+            "AuthService" => Kind::AuthService,
+            "RateLimitService" => Kind::RateLimitService,
+            "TracingService" => Kind::TracingService,
+            "LogService" => Kind::LogService,
+            "LocalRateLimit" => Kind::LocalRateLimit,
             other => {
                 let node = doc.get("kind").unwrap_or(doc);
                 if UNSUPPORTED_ENFORCING.contains(&other) {
@@ -478,7 +566,21 @@ impl DocContext<'_> {
             Kind::Listener => yaml::decode_skipping(spec_node, base, skip).map(Spec::Listener),
             Kind::TlsContext => yaml::decode_skipping(spec_node, base, skip).map(Spec::TlsContext),
             Kind::Module => yaml::decode_skipping::<raw::ModuleSpec>(spec_node, base, skip)
-                .map(|_| Spec::Module),
+                .map(|s| Spec::Module(Box::new(s))),
+            Kind::AuthService => {
+                yaml::decode_skipping::<raw::AuthServiceSpec>(spec_node, base, skip)
+                    .map(|s| Spec::AuthService(Box::new(s)))
+            }
+            Kind::RateLimitService => {
+                yaml::decode_skipping(spec_node, base, skip).map(Spec::RateLimitService)
+            }
+            Kind::TracingService => {
+                yaml::decode_skipping(spec_node, base, skip).map(Spec::TracingService)
+            }
+            Kind::LogService => yaml::decode_skipping(spec_node, base, skip).map(Spec::LogService),
+            Kind::LocalRateLimit => {
+                yaml::decode_skipping(spec_node, base, skip).map(Spec::LocalRateLimit)
+            }
         };
         match spec {
             Ok(spec) => self.out.push(Parsed {

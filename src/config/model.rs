@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+mod policy;
+pub use policy::*;
+
 /// Where a resource was written: the file relative to the config root, 1-based line and
 /// column of the document (or annotation) that declared it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +37,11 @@ pub enum Kind {
     Listener,
     TlsContext,
     Module,
+    AuthService,
+    RateLimitService,
+    TracingService,
+    LogService,
+    LocalRateLimit,
 }
 
 impl Kind {
@@ -45,6 +53,11 @@ impl Kind {
             Kind::Listener => "Listener",
             Kind::TlsContext => "TLSContext",
             Kind::Module => "Module",
+            Kind::AuthService => "AuthService",
+            Kind::RateLimitService => "RateLimitService",
+            Kind::TracingService => "TracingService",
+            Kind::LogService => "LogService",
+            Kind::LocalRateLimit => "LocalRateLimit",
         }
     }
 }
@@ -80,6 +93,18 @@ pub struct Config {
     /// Certificates referenced by Hosts and TLSContexts, read from `--secrets-dir`, keyed
     /// by secret name.
     pub secrets: BTreeMap<String, TlsSecret>,
+    /// The AuthService, when there is one (at most one is valid).
+    pub auth_service: Option<AuthService>,
+    /// The RateLimitService, when there is one (at most one is valid).
+    pub rate_limit_service: Option<RateLimitService>,
+    /// The TracingService, when there is one (at most one is valid).
+    pub tracing_service: Option<TracingService>,
+    /// gRPC access log services, sorted by (namespace, name).
+    pub log_services: Vec<LogService>,
+    /// attache.io/v1 LocalRateLimits (already applied to their Mappings' routes), sorted.
+    pub local_rate_limits: Vec<LocalRateLimit>,
+    /// The `ambassador` Module's gateway-wide settings.
+    pub module: GatewayModule,
 }
 
 /// A certificate and key read from `--secrets-dir/NAME/{tls.crt,tls.key}`.
@@ -235,6 +260,8 @@ pub struct Target {
     /// HTTP/2 to the upstream (`grpc: true`).
     pub http2: bool,
     pub connect_timeout_ms: u32,
+    /// Breakers, outlier detection, load balancing, keepalive, idle timeout.
+    pub policy: UpstreamPolicy,
 }
 
 /// How a Mapping rewrites the path before forwarding.
@@ -267,7 +294,8 @@ pub struct Redirect {
 /// What a Mapping does with a matched request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Route(Route),
+    /// Boxed: with its policies a route is several times the size of a redirect.
+    Route(Box<Route>),
     Redirect(Redirect),
 }
 
@@ -284,6 +312,12 @@ pub struct Route {
     pub upgrades: Vec<String>,
     /// `host_rewrite`: the Host header sent upstream.
     pub host_rewrite: Option<String>,
+    /// `shadow: true`: the Mapping mirrors the requests of the Mappings with its match to
+    /// its own service (responses discarded) instead of serving them; its `weight` is the
+    /// share mirrored.
+    pub shadow: bool,
+    /// Retries, CORS, hashing, rate limits.
+    pub policy: RoutePolicy,
 }
 
 /// A header to add; `append: false` replaces an existing value.
@@ -315,6 +349,8 @@ pub struct Mapping {
     pub remove_request_headers: Vec<String>,
     pub add_response_headers: Vec<HeaderToAdd>,
     pub remove_response_headers: Vec<String>,
+    /// `bypass_auth: true`: the AuthService is not asked for this Mapping's requests.
+    pub bypass_auth: bool,
 }
 
 /// What a Host does with plaintext requests when it terminates TLS.

@@ -18,6 +18,9 @@ use serde::de::{self, IgnoredAny, Visitor};
 
 use super::yaml::At;
 
+mod policy;
+pub use policy::*;
+
 /// Kubernetes object metadata: the fields we use, and the ones a `kubectl get -o yaml`
 /// export carries that we accept and ignore.
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +85,17 @@ pub struct MappingSpec {
     pub path_redirect: Option<At<String>>,
     pub prefix_redirect: Option<At<String>>,
     pub redirect_response_code: Option<At<u16>>,
+    pub retry_policy: Option<At<RetryPolicySpec>>,
+    pub circuit_breakers: Option<Vec<At<CircuitBreakerSpec>>>,
+    pub outlier_detection: Option<At<OutlierDetectionSpec>>,
+    pub cors: Option<At<CorsSpec>>,
+    pub shadow: Option<bool>,
+    pub load_balancer: Option<At<LoadBalancerSpec>>,
+    pub bypass_auth: Option<bool>,
+    #[serde(default)]
+    pub labels: LabelsSpec,
+    pub keepalive: Option<At<KeepaliveSpec>>,
+    pub cluster_idle_timeout_ms: Option<At<u32>>,
     /// Emissary's developer-portal hints: no effect on routing.
     pub docs: Option<IgnoredAny>,
 }
@@ -361,16 +375,11 @@ impl<'de> Deserialize<'de> for CommaList {
     }
 }
 
-/// `Module` spec. Only the empty `ambassador` Module is accepted for now; its settings
-/// arrive with the traffic-policy work.
+/// `Module` spec: only the `ambassador` Module exists; its settings are in
+/// [`ModuleConfig`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSpec {
     pub ambassador_id: Option<IgnoredAny>,
     pub config: Option<ModuleConfig>,
 }
-
-/// `Module.config`: no settings are implemented yet, so any key is an unknown field.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModuleConfig {}

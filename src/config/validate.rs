@@ -15,6 +15,12 @@ use super::model::*;
 use super::raw;
 use super::yaml::At;
 
+mod policy;
+mod rate_limits;
+mod services;
+
+use policy::MappingDefaults;
+
 /// Emissary's default request timeout.
 const DEFAULT_TIMEOUT_MS: u32 = 3_000;
 /// Emissary's default upstream connect timeout.
@@ -98,7 +104,14 @@ pub fn validate(
 ) -> Config {
     let mut config = Config::default();
     let mut seen: BTreeMap<(Kind, String, String), Origin> = BTreeMap::new();
-    for p in parsed {
+    let mut defaults = MappingDefaults::default();
+    // The Module and the RateLimitService go first: Mappings take their defaults from the
+    // one and check their `labels` against the other's domain.
+    let (early, late): (Vec<Parsed>, Vec<Parsed>) = parsed
+        .into_iter()
+        .partition(|p| matches!(p.kind, Kind::Module | Kind::RateLimitService));
+    let mut local_limits = Vec::new();
+    for p in early.into_iter().chain(late) {
         let key = (p.kind, p.namespace.clone(), p.name.clone());
         if let Some(first) = seen.get(&key) {
             diagnostics.push(Diagnostic {
@@ -131,7 +144,13 @@ pub fn validate(
         };
         match p.spec {
             Spec::Mapping(spec) => {
-                let m = mapping(meta, *spec, p.default_service.as_deref(), &mut check);
+                let m = mapping(
+                    meta,
+                    *spec,
+                    p.default_service.as_deref(),
+                    &defaults,
+                    &mut check,
+                );
                 if !check.failed() {
                     config.mappings.extend(m);
                 }
@@ -154,15 +173,64 @@ pub fn validate(
                     config.tls_contexts.extend(t);
                 }
             }
-            Spec::Module => {
+            Spec::Module(spec) => {
                 if p.name != "ambassador" {
                     check.error_here("", "the only Module attache reads is named `ambassador`");
+                } else if let Some(first) = &config.module.meta {
+                    check.error_here(
+                        "",
+                        format!(
+                            "only one `ambassador` Module may be served; one is at {}",
+                            first.origin
+                        ),
+                    );
+                } else {
+                    let (module, module_defaults) = services::module(meta, &spec, &mut check);
+                    if !check.failed() {
+                        config.module = module;
+                        defaults = MappingDefaults {
+                            rate_limit_domain: defaults.rate_limit_domain.take(),
+                            ..module_defaults
+                        };
+                    }
+                }
+            }
+            Spec::AuthService(spec) => {
+                let a = services::auth_service(meta, &spec, &mut check);
+                only_one(&mut config.auth_service, a, |a| &a.meta, &mut check);
+            }
+            Spec::RateLimitService(spec) => {
+                let r = services::rate_limit_service(meta, &spec, &mut check);
+                only_one(&mut config.rate_limit_service, r, |r| &r.meta, &mut check);
+                defaults.rate_limit_domain =
+                    config.rate_limit_service.as_ref().map(|r| r.domain.clone());
+            }
+            Spec::TracingService(spec) => {
+                let t = services::tracing_service(meta, &spec, &mut check);
+                only_one(&mut config.tracing_service, t, |t| &t.meta, &mut check);
+            }
+            Spec::LogService(spec) => {
+                let l = services::log_service(meta, &spec, &mut check);
+                if !check.failed() {
+                    config.log_services.extend(l);
+                }
+            }
+            Spec::LocalRateLimit(spec) => {
+                if let Some((bucket, mappings)) = rate_limits::token_bucket(&spec, &mut check)
+                    && !check.failed()
+                {
+                    local_limits.push(LocalRateLimit {
+                        meta,
+                        mappings,
+                        bucket,
+                    });
                 }
             }
         }
         diagnostics.append(&mut check.diagnostics);
     }
     cross_check(&mut config, diagnostics);
+    apply_local_rate_limits(&mut config, local_limits, diagnostics);
     load_secrets(&mut config, secrets_dir, diagnostics);
     sort(&mut config);
     config
@@ -174,6 +242,101 @@ fn sort(config: &mut Config) {
     config.hosts.sort_by_key(|h| key(&h.meta));
     config.listeners.sort_by_key(|l| key(&l.meta));
     config.tls_contexts.sort_by_key(|t| key(&t.meta));
+    config.log_services.sort_by_key(|l| key(&l.meta));
+    config.local_rate_limits.sort_by_key(|l| key(&l.meta));
+}
+
+/// Keeps `new` in `slot` when the slot is empty and the resource validated; a second
+/// resource of a kind the gateway has one of is an error naming the first.
+fn only_one<T>(
+    slot: &mut Option<T>,
+    new: Option<T>,
+    meta: impl Fn(&T) -> &Meta,
+    check: &mut Check<'_>,
+) {
+    if let Some(first) = slot.as_ref() {
+        let first = meta(first);
+        check.error_here(
+            "",
+            format!(
+                "only one {} may be served; {:?} at {} already is",
+                first.kind, first.name, first.origin
+            ),
+        );
+        return;
+    }
+    if !check.failed() {
+        *slot = new;
+    }
+}
+
+/// Gives each Mapping a LocalRateLimit names its token bucket. A LocalRateLimit naming a
+/// Mapping that does not exist (or is not valid, or redirects), or a Mapping another one
+/// already limits, is an error, and the LocalRateLimit is left out whole.
+fn apply_local_rate_limits(
+    config: &mut Config,
+    limits: Vec<LocalRateLimit>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if limits.is_empty() {
+        return;
+    }
+    // Mapping index by (namespace, name): a limit names a few Mappings out of thousands.
+    let index: BTreeMap<(String, String), usize> = config
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ((m.meta.namespace.clone(), m.meta.name.clone()), i))
+        .collect();
+    let mut limited: BTreeMap<(String, String), Origin> = BTreeMap::new();
+    for limit in limits {
+        let mut problems = Vec::new();
+        for name in &limit.mappings {
+            let key = (limit.meta.namespace.clone(), name.clone());
+            match index.get(&key).map(|&i| &config.mappings[i].action) {
+                None => problems.push(format!(
+                    "no valid Mapping {name:?} in namespace {:?}",
+                    limit.meta.namespace
+                )),
+                Some(Action::Redirect(_)) => problems.push(format!(
+                    "Mapping {name:?} redirects; there is nothing to limit"
+                )),
+                Some(Action::Route(r)) if r.shadow => problems.push(format!(
+                    "Mapping {name:?} is a shadow: it has no route of its own to limit"
+                )),
+                Some(Action::Route(_)) => {
+                    if let Some(first) = limited.get(&key) {
+                        problems.push(format!(
+                            "Mapping {name:?} is already limited by the LocalRateLimit at {first}"
+                        ));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            for problem in problems {
+                diagnostics.push(diag_at(
+                    &limit.meta.origin,
+                    Severity::Error,
+                    Kind::LocalRateLimit,
+                    &limit.meta.name,
+                    "spec.mappings",
+                    problem,
+                ));
+            }
+            continue;
+        }
+        for name in &limit.mappings {
+            let key = (limit.meta.namespace.clone(), name.clone());
+            if let Some(&i) = index.get(&key)
+                && let Action::Route(route) = &mut config.mappings[i].action
+            {
+                route.policy.local_rate_limit = Some(limit.bucket);
+            }
+            limited.insert(key, limit.meta.origin.clone());
+        }
+        config.local_rate_limits.push(limit);
+    }
 }
 
 // === Mapping ===
@@ -182,6 +345,7 @@ fn mapping(
     meta: Meta,
     spec: raw::MappingSpec,
     default_service: Option<&str>,
+    defaults: &MappingDefaults,
     check: &mut Check<'_>,
 ) -> Option<Mapping> {
     let hostname = match (&spec.hostname, &spec.host) {
@@ -219,6 +383,7 @@ fn mapping(
         m.value.to_ascii_uppercase()
     });
     let action = if spec.host_redirect == Some(true) {
+        routing_only_fields(&spec, check);
         redirect(&spec, check).map(Action::Redirect)
     } else {
         for (field, value) in [
@@ -236,7 +401,8 @@ fn mapping(
                 "only takes effect with `host_redirect: true`",
             );
         }
-        route(&spec, &meta, default_service, check).map(Action::Route)
+        shadow_route_fields(&spec, check);
+        route(&spec, &meta, default_service, defaults, check).map(|r| Action::Route(Box::new(r)))
     };
     if let Some(w) = &spec.weight
         && w.value > 100
@@ -276,7 +442,56 @@ fn mapping(
         remove_request_headers,
         add_response_headers,
         remove_response_headers,
+        bypass_auth: spec.bypass_auth.unwrap_or(false),
     })
+}
+
+/// A redirect never reaches an upstream: the fields that shape forwarding are mistakes.
+fn routing_only_fields(spec: &raw::MappingSpec, check: &mut Check<'_>) {
+    let set = [
+        ("retry_policy", spec.retry_policy.is_some()),
+        ("circuit_breakers", spec.circuit_breakers.is_some()),
+        ("outlier_detection", spec.outlier_detection.is_some()),
+        ("cors", spec.cors.is_some()),
+        ("shadow", spec.shadow.is_some()),
+        ("load_balancer", spec.load_balancer.is_some()),
+        ("labels", !spec.labels.is_empty()),
+        ("keepalive", spec.keepalive.is_some()),
+        (
+            "cluster_idle_timeout_ms",
+            spec.cluster_idle_timeout_ms.is_some(),
+        ),
+    ];
+    for (field, _) in set.iter().filter(|(_, set)| *set) {
+        check.error_here(field, "does not apply to a `host_redirect` Mapping");
+    }
+}
+
+/// A shadow's requests are copies whose answers are dropped: the route settings of the
+/// Mappings it mirrors apply, never its own. Its cluster settings (breakers, outlier
+/// detection, keepalive) do apply, to the mirror's cluster.
+fn shadow_route_fields(spec: &raw::MappingSpec, check: &mut Check<'_>) {
+    if spec.shadow != Some(true) {
+        return;
+    }
+    let set = [
+        ("retry_policy", spec.retry_policy.is_some()),
+        ("cors", spec.cors.is_some()),
+        ("labels", !spec.labels.is_empty()),
+        ("bypass_auth", spec.bypass_auth.is_some()),
+        ("timeout_ms", spec.timeout_ms.is_some()),
+    ];
+    for (field, _) in set.iter().filter(|(_, set)| *set) {
+        let (line, column) = check.spec_at;
+        check.at(
+            Severity::Warning,
+            line,
+            column,
+            field,
+            "has no effect on a `shadow` Mapping: the mirrored Mappings' route settings apply"
+                .to_owned(),
+        );
+    }
 }
 
 fn path_match(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<PathMatch> {
@@ -366,6 +581,7 @@ fn route(
     spec: &raw::MappingSpec,
     meta: &Meta,
     default_service: Option<&str>,
+    defaults: &MappingDefaults,
     check: &mut Check<'_>,
 ) -> Option<Route> {
     let service_text = match (&spec.service, default_service) {
@@ -482,19 +698,80 @@ fn route(
     {
         check.error(h, "host_rewrite", "must be a host name");
     }
+    let (upstream, policy) = mapping_policies(spec, defaults, check);
     Some(Route {
         target: Target {
             service: parsed.service,
             tls,
             http2: spec.grpc.unwrap_or(false),
             connect_timeout_ms,
+            policy: upstream,
         },
         rewrite,
-        timeout_ms: spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        timeout_ms: spec
+            .timeout_ms
+            .or(defaults.timeout_ms)
+            .unwrap_or(DEFAULT_TIMEOUT_MS),
         idle_timeout_ms: spec.idle_timeout_ms,
         upgrades,
         host_rewrite: spec.host_rewrite.as_ref().map(|h| h.value.clone()),
+        shadow: spec.shadow.unwrap_or(false),
+        policy,
     })
+}
+
+/// The cluster and route policies of a routing Mapping: its own fields, else the
+/// Module's defaults.
+fn mapping_policies(
+    spec: &raw::MappingSpec,
+    defaults: &MappingDefaults,
+    check: &mut Check<'_>,
+) -> (UpstreamPolicy, RoutePolicy) {
+    let retry = match &spec.retry_policy {
+        Some(r) => policy::retry_policy(r, "retry_policy", check),
+        None => defaults.retry.clone(),
+    };
+    let circuit_breakers = match &spec.circuit_breakers {
+        Some(b) => policy::circuit_breakers(b, "circuit_breakers", check),
+        None => defaults.circuit_breakers.clone(),
+    };
+    let load_balancer = match &spec.load_balancer {
+        Some(l) => policy::load_balancer(l, "load_balancer", check),
+        None => defaults.load_balancer.clone(),
+    };
+    let (lb_policy, hash) = load_balancer.unwrap_or_default();
+    let cors = match &spec.cors {
+        Some(c) => Some(policy::cors(c, "cors", check)),
+        None => defaults.cors.clone(),
+    };
+    let idle_timeout_ms = match &spec.cluster_idle_timeout_ms {
+        Some(t) if t.value == 0 => {
+            check.error(t, "cluster_idle_timeout_ms", "must be above 0");
+            None
+        }
+        Some(t) => Some(t.value),
+        None => defaults.idle_timeout_ms,
+    };
+    let upstream = UpstreamPolicy {
+        circuit_breakers,
+        outlier_detection: spec
+            .outlier_detection
+            .as_ref()
+            .map(|o| policy::outlier_detection(o, "outlier_detection", check)),
+        lb_policy,
+        keepalive: spec.keepalive.as_ref().map(|k| policy::keepalive(k, check)),
+        idle_timeout_ms,
+    };
+    let rate_limits =
+        rate_limits::labels(&spec.labels, defaults.rate_limit_domain.as_deref(), check);
+    let route = RoutePolicy {
+        retry,
+        cors,
+        hash,
+        rate_limits,
+        local_rate_limit: None,
+    };
+    (upstream, route)
 }
 
 fn redirect(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<Redirect> {
@@ -1081,6 +1358,49 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
             bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
         }
     }
+    // bypass_auth with nothing to bypass: harmless, but likely a missing AuthService.
+    if config.auth_service.is_none() {
+        for m in config.mappings.iter().filter(|m| m.bypass_auth) {
+            diagnostics.push(diag_at(
+                &m.meta.origin,
+                Severity::Warning,
+                Kind::Mapping,
+                &m.meta.name,
+                "bypass_auth",
+                "there is no AuthService: bypass_auth has no effect".to_owned(),
+            ));
+        }
+    }
+    // The gateway services' upstream TLSContexts.
+    let services = [
+        config.auth_service.as_ref().map(|a| (&a.meta, &a.target)),
+        config
+            .rate_limit_service
+            .as_ref()
+            .map(|r| (&r.meta, &r.target)),
+    ];
+    let mut bad_services = BTreeSet::new();
+    for (meta, target) in services.into_iter().flatten() {
+        if let UpstreamTls::Context(ctx) = &target.tls
+            && !contexts.contains(ctx.as_str())
+        {
+            diagnostics.push(diag_at(
+                &meta.origin,
+                Severity::Error,
+                meta.kind,
+                &meta.name,
+                "spec.tls",
+                format!("no TLSContext named {ctx:?}"),
+            ));
+            bad_services.insert(meta.kind);
+        }
+    }
+    if bad_services.contains(&Kind::AuthService) {
+        config.auth_service = None;
+    }
+    if bad_services.contains(&Kind::RateLimitService) {
+        config.rate_limit_service = None;
+    }
     // Listeners on one port.
     let mut ports: BTreeMap<u16, &Listener> = BTreeMap::new();
     let mut bad_listeners = BTreeSet::new();
@@ -1148,9 +1468,27 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
         }
     }
     // Same match, no weights: traffic is split evenly, which is rarely what was meant.
+    // Shadows do not compete: they mirror what the others serve.
+    let is_shadow = |m: &Mapping| matches!(&m.action, Action::Route(r) if r.shadow);
     let mut groups: BTreeMap<MatchKey, Vec<&Mapping>> = BTreeMap::new();
-    for m in &config.mappings {
+    for m in config.mappings.iter().filter(|m| !is_shadow(m)) {
         groups.entry(MatchKey::of(m)).or_default().push(m);
+    }
+    for m in config.mappings.iter().filter(|m| is_shadow(m)) {
+        let served = groups
+            .get(&MatchKey::of(m))
+            .is_some_and(|g| g.iter().any(|o| matches!(o.action, Action::Route(_))));
+        if !served {
+            diagnostics.push(diag_at(
+                &m.meta.origin,
+                Severity::Warning,
+                Kind::Mapping,
+                &m.meta.name,
+                "shadow",
+                "no routing Mapping has this Mapping's match: there is nothing to mirror"
+                    .to_owned(),
+            ));
+        }
     }
     for group in groups.values().filter(|g| g.len() > 1) {
         if group.iter().all(|m| m.weight.is_none()) {

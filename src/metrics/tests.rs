@@ -245,3 +245,30 @@ async fn following_the_status_counts_every_attempt_and_fetch_failure() {
     shutdown.cancel();
     task.await.expect("follower ends on shutdown");
 }
+
+#[tokio::test]
+async fn endpoint_changes_are_counted_by_generation() {
+    let metrics = Arc::new(Metrics::new());
+    let store = store(&metrics);
+    let (tx, rx) = watch::channel(Arc::new(crate::endpoints::Endpoints::default()));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(follow_endpoints(rx, metrics.clone(), shutdown.clone()));
+    for generation in [1, 2, 5] {
+        tx.send_replace(Arc::new(crate::endpoints::Endpoints {
+            generation,
+            ..Default::default()
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while value(
+        &metrics.encode(&store).expect("encodes"),
+        "attache_endpoint_events_total",
+        "",
+    ) != 5.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("follower ends on shutdown");
+}

@@ -287,6 +287,17 @@ impl Store {
             .collect()
     }
 
+    /// How many nodes hold `snapshot` on every stream. Cheap enough to poll under load:
+    /// it copies nothing, unlike [`Store::nodes`] (the load tool's fan-out timer).
+    pub fn synced_nodes(&self, snapshot: &str) -> usize {
+        self.inner
+            .lock()
+            .nodes
+            .values()
+            .filter(|n| n.state.synced_snapshot.as_deref() == Some(snapshot))
+            .count()
+    }
+
     /// A copy of one node's state.
     pub fn node(&self, id: &str) -> Option<NodeState> {
         self.inner.lock().nodes.get(id).map(|n| n.state.clone())
@@ -310,12 +321,12 @@ impl Store {
         if self.config.metrics.is_none() {
             return;
         }
+        // A version published again (a revert) counts from now, not from its first time.
         let version = snapshot.version();
-        if !inner.published.iter().any(|(v, _)| v == version) {
-            inner
-                .published
-                .push_back((version.to_owned(), std::time::Instant::now()));
-        }
+        inner.published.retain(|(v, _)| v != version);
+        inner
+            .published
+            .push_back((version.to_owned(), std::time::Instant::now()));
         while inner.published.len() > self.config.history.max(1) {
             inner.published.pop_front();
         }
@@ -529,21 +540,26 @@ impl StreamHandle {
             snapshot: snapshot.to_owned(),
             at_ms: now_ms(),
         };
-        self.with_node(|n| n.state.types.entry(kind).or_default().acked = Some(acked));
-        if let Some(metrics) = &self.store.config.metrics {
+        // One lock for the node's record and the publish time: every ACK of every stream
+        // takes this lock, so it is taken once.
+        let published = {
+            let mut inner = self.store.inner.lock();
+            if let Some(n) = inner.nodes.get_mut(&self.node_id) {
+                n.state.types.entry(kind).or_default().acked = Some(acked);
+            }
+            self.store.config.metrics.as_ref().map(|_| {
+                inner
+                    .published
+                    .iter()
+                    .find(|(v, _)| v == snapshot)
+                    .map(|(_, at)| *at)
+            })
+        };
+        if let (Some(metrics), Some(published)) = (&self.store.config.metrics, published) {
             if self.sent.lock().get(&kind).map(String::as_str) != Some(version) {
                 return;
             }
-            let published = self
-                .store
-                .inner
-                .lock()
-                .published
-                .iter()
-                .find(|(v, _)| v == snapshot)
-                .map(|(_, at)| *at);
-            let latency = published.map(|at| at.max(self.opened).elapsed());
-            metrics.acked(kind, latency);
+            metrics.acked(kind, published.map(|at| at.max(self.opened).elapsed()));
         }
     }
 

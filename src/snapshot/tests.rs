@@ -428,3 +428,19 @@ fn with_assignments_changes_only_eds() {
         Err(Error::DuplicateName { .. })
     ));
 }
+
+#[tokio::test]
+async fn synced_nodes_counts_nodes_whose_every_stream_holds_the_snapshot() {
+    let s = store(None, None);
+    s.publish(full("a")).await.expect("first");
+    let one = s.open_stream(&node("n1", "fleet"), Protocol::Sotw);
+    let two = s.open_stream(&node("n2", "fleet"), Protocol::Sotw);
+    let two_again = s.open_stream(&node("n2", "fleet"), Protocol::Delta);
+    assert_eq!(s.synced_nodes("a+e7"), 0);
+    one.synced(Some("a+e7"));
+    two.synced(Some("a+e7"));
+    assert_eq!(s.synced_nodes("a+e7"), 1, "n2 has a stream not in sync");
+    two_again.synced(Some("a+e7"));
+    assert_eq!(s.synced_nodes("a+e7"), 2);
+    assert_eq!(s.synced_nodes("b+e7"), 0);
+}

@@ -7,21 +7,17 @@
 //! endpoint inline. Outside Kubernetes ([`Resolution::Dns`]) a Service is a DNS name too:
 //! `name.namespace.svc.cluster.local`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    HealthStatus, Http2ProtocolOptions, Locality, TransportSocket, transport_socket,
+    HealthStatus, Locality, TransportSocket, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
-};
 use envoy_types::util::pack_any;
-use prost::Name;
 
 use super::listener::socket_address;
 use super::names;
@@ -175,24 +171,7 @@ fn cluster(
             ip.is_none().then(|| bare.to_owned())
         }
     };
-    if target.http2 {
-        let options = HttpProtocolOptions {
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                Http2ProtocolOptions::default(),
-                            ),
-                        ),
-                    },
-                ),
-            ),
-            ..Default::default()
-        };
-        envoy.typed_extension_protocol_options =
-            HashMap::from([(HttpProtocolOptions::full_name(), pack_any(options))]);
-    }
+    super::upstream::apply(&mut envoy, target, config.module.buffer_limit_bytes);
     let context = match &target.tls {
         UpstreamTls::Plain => None,
         UpstreamTls::Tls => Some(None),

@@ -17,17 +17,17 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+    HttpConnectionManager, Rds, http_connection_manager,
 };
+use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
 use super::names;
 use super::provenance::Provenance;
 use super::tls::{self, HostTls};
-use crate::config::{Config, Host, HostBinding, HostPattern, Protocol, SecurityModel};
+use crate::config::{Config, Host, HostBinding, HostPattern, Protocol, SecurityModel, Target};
 
 /// Emissary's default cleartext port.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
@@ -134,12 +134,16 @@ fn bind(config: &Config, keep: impl Fn(&Host) -> bool) -> Vec<&Host> {
 }
 
 /// The Listener resource of a plan.
-pub(super) fn listener(plan: &ListenerPlan<'_>, config: &Config) -> Listener {
+pub(super) fn listener(
+    plan: &ListenerPlan<'_>,
+    config: &Config,
+    clusters: &BTreeMap<Target, String>,
+) -> Listener {
+    let mut manager = http_connection_manager(plan.port);
+    super::filters::apply(&mut manager, config, clusters);
     let hcm = Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(
-            http_connection_manager(plan.port),
-        ))),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
     };
     let mut filter_chains = Vec::new();
     let mut listener_filters = Vec::new();
@@ -198,6 +202,10 @@ pub(super) fn listener(plan: &ListenerPlan<'_>, config: &Config) -> Listener {
         filter_chains,
         listener_filters,
         metadata: Some(plan.provenance.to_metadata()),
+        per_connection_buffer_limit_bytes: config
+            .module
+            .buffer_limit_bytes
+            .map(|value| UInt32Value { value }),
         ..Default::default()
     }
 }
@@ -228,7 +236,8 @@ fn tls_chain(
     }
 }
 
-/// HTTP/1.1 and HTTP/2 (codec AUTO), the router filter, routes by RDS over ADS.
+/// HTTP/1.1 and HTTP/2 (codec AUTO), routes by RDS over ADS; `filters::apply` adds the
+/// filter chain and the Module's settings.
 ///
 /// The port is stripped from the Host header before routing: a virtual host's domains
 /// hold host names only, and Envoy allows one wildcard per domain, so `*.example.com`
@@ -245,13 +254,6 @@ fn http_connection_manager(port: u16) -> HttpConnectionManager {
             config_source: Some(tls::ads()),
             route_config_name: names::route_config(port),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
         ..Default::default()
     }
 }

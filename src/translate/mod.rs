@@ -16,12 +16,15 @@
 //! - `tls`: TLS contexts and SDS secrets.
 
 mod cluster;
+mod filters;
 mod listener;
 pub mod names;
 mod parallel;
 pub mod provenance;
 mod route;
+mod route_policy;
 mod tls;
+mod upstream;
 mod vhost;
 
 #[cfg(test)]
@@ -76,6 +79,25 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
             users.entry(&route.target).or_default().push(&mapping.meta);
         }
     }
+    // The gateway services Envoy calls: auth server, rate limit service, collectors.
+    let services = [
+        config.auth_service.as_ref().map(|a| (&a.target, &a.meta)),
+        config
+            .rate_limit_service
+            .as_ref()
+            .map(|r| (&r.target, &r.meta)),
+        config
+            .tracing_service
+            .as_ref()
+            .map(|t| (&t.target, &t.meta)),
+    ];
+    let logs = config
+        .log_services
+        .iter()
+        .map(|l| Some((&l.target, &l.meta)));
+    for (target, meta) in services.into_iter().chain(logs).flatten() {
+        users.entry(target).or_default().push(meta);
+    }
     let cluster_names = names::clusters(users.keys().copied());
     let groups = route::groups(&config.mappings);
     let plans = listener::plans(config);
@@ -87,7 +109,9 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
         if plan.terminates_tls() {
             secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
         }
-        resources.listeners.push(listener::listener(plan, config));
+        resources
+            .listeners
+            .push(listener::listener(plan, config, &cluster_names));
         resources
             .routes
             .push(vhost::route_configuration(plan, config, &groups, &built));

@@ -146,6 +146,14 @@ fn cluster_base(target: &Target) -> String {
     if target.connect_timeout_ms != DEFAULT_CONNECT_TIMEOUT_MS {
         name.push_str(&format!("_ct{}", target.connect_timeout_ms));
     }
+    // Breakers, outlier detection, load balancing and keepalive have too many settings to
+    // spell out; a hash of them keeps Mappings with equal policies on one cluster and
+    // different ones apart, and leaves default-policy names as they were.
+    if !target.policy.is_default() {
+        let digest = Sha256::digest(format!("{:?}", target.policy).as_bytes());
+        name.push_str("_p");
+        name.extend(digest[..4].iter().map(|b| format!("{b:02x}")));
+    }
     name
 }
 
@@ -181,6 +189,7 @@ mod tests {
             tls: UpstreamTls::Plain,
             http2: false,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            policy: Default::default(),
         }
     }
 
@@ -221,6 +230,27 @@ mod tests {
             ..address("10.0.0.1", 443)
         };
         assert_eq!(clusters([&t])[&t], "cluster_10_0_0_1_443_tls");
+    }
+
+    #[test]
+    fn a_policy_gets_a_stable_suffix_and_equal_policies_share_it() {
+        let plain = kube("users", "shop", None);
+        let limited = |max| Target {
+            policy: crate::config::UpstreamPolicy {
+                circuit_breakers: vec![crate::config::CircuitBreaker {
+                    max_connections: Some(max),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ..kube("users", "shop", None)
+        };
+        let (a, b, c) = (limited(1), limited(1), limited(2));
+        let names = clusters([&plain, &a, &c]);
+        assert_eq!(names[&plain], "cluster_users_shop");
+        assert!(names[&a].starts_with("cluster_users_shop_p"), "{names:?}");
+        assert_eq!(names[&a], clusters([&b])[&b]);
+        assert_ne!(names[&a], names[&c]);
     }
 
     #[test]

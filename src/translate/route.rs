@@ -29,6 +29,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 
 use super::names;
 use super::provenance::Provenance;
+use super::route_policy::{self, PerFilter};
 use crate::config::{
     Action, HeaderToAdd, HostPattern, KeyValueMatch, Mapping, PathMatch, Redirect, Rewrite, Target,
     ValueMatch,
@@ -43,6 +44,8 @@ const TOTAL_WEIGHT: u64 = 100;
 #[derive(Debug, Clone)]
 pub(super) struct Group<'a> {
     members: Vec<&'a Mapping>,
+    /// `shadow: true` Mappings with this match: their services get a copy of each request.
+    mirrors: Vec<&'a Mapping>,
 }
 
 /// What makes two Mappings "the same match".
@@ -80,27 +83,42 @@ impl<'a> MatchKey<'a> {
 /// Splits the Mappings into route groups. The result is in match-key order; callers sort
 /// by [`Group::order_key`].
 pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
+    let is_shadow = |m: &Mapping| matches!(&m.action, Action::Route(r) if r.shadow);
     let mut by_match: BTreeMap<MatchKey<'_>, Vec<&Mapping>> = BTreeMap::new();
+    let mut shadows: BTreeMap<MatchKey<'_>, Vec<&Mapping>> = BTreeMap::new();
     for mapping in mappings {
-        by_match
-            .entry(MatchKey::of(mapping))
-            .or_default()
-            .push(mapping);
+        let side = if is_shadow(mapping) {
+            &mut shadows
+        } else {
+            &mut by_match
+        };
+        side.entry(MatchKey::of(mapping)).or_default().push(mapping);
     }
     let mut groups = Vec::new();
-    for (_, mut same) in by_match {
+    for (key, mut same) in by_match {
         same.sort_by(|a, b| {
             (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
         });
+        // A shadow with no routing Mapping of its match mirrors nothing (validation warns).
+        let mirrors = shadows.remove(&key).unwrap_or_default();
         let (routing, redirects): (Vec<&Mapping>, Vec<&Mapping>) = same
             .into_iter()
             .partition(|m| matches!(m.action, Action::Route(_)));
         if routing.len() > 1 {
-            groups.push(Group { members: routing });
+            groups.push(Group {
+                members: routing,
+                mirrors,
+            });
         } else {
-            groups.extend(routing.into_iter().map(|m| Group { members: vec![m] }));
+            groups.extend(routing.into_iter().map(|m| Group {
+                members: vec![m],
+                mirrors: mirrors.clone(),
+            }));
         }
-        groups.extend(redirects.into_iter().map(|m| Group { members: vec![m] }));
+        groups.extend(redirects.into_iter().map(|m| Group {
+            members: vec![m],
+            mirrors: Vec::new(),
+        }));
     }
     groups
 }
@@ -185,6 +203,7 @@ impl<'a> Group<'a> {
         &self,
         clusters: &BTreeMap<Target, String>,
         extra_headers: &[HeaderMatcher],
+        auth_enabled: bool,
     ) -> Route {
         let primary = self.primary();
         let path = effective_path(primary);
@@ -203,6 +222,8 @@ impl<'a> Group<'a> {
         match &primary.action {
             Action::Redirect(redirect) => {
                 envoy.action = Some(route::Action::Redirect(redirect_action(redirect, &path)));
+                let per_filter = route_policy::per_filter_config(primary, None, auth_enabled);
+                envoy.typed_per_filter_config = PerFilter::map(&per_filter.route);
                 set_route_headers(&mut envoy, primary);
             }
             Action::Route(settings) => {
@@ -225,7 +246,24 @@ impl<'a> Group<'a> {
                     Action::Route(r) => clusters.get(&r.target).cloned(),
                     Action::Redirect(_) => None,
                 };
-                if self.members.len() == 1 {
+                let policy = &settings.policy;
+                action.retry_policy = policy.retry.as_ref().map(route_policy::retry_policy);
+                action.hash_policy = policy.hash.iter().map(route_policy::hash_policy).collect();
+                action.rate_limits = route_policy::rate_limits(&policy.rate_limits);
+                if policy.local_rate_limit.is_some() {
+                    action
+                        .rate_limits
+                        .push(route_policy::local_rate_limit_action(primary));
+                }
+                action.request_mirror_policies = self
+                    .mirrors
+                    .iter()
+                    .filter_map(|m| Some(route_policy::mirror(cluster(m)?, m.weight)))
+                    .collect();
+                let per_filter =
+                    route_policy::per_filter_config(primary, Some(policy), auth_enabled);
+                envoy.typed_per_filter_config = PerFilter::map(&per_filter.route);
+                if self.members.len() == 1 && per_filter.cluster_weight.is_none() {
                     action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(
                         cluster(primary).unwrap_or_default(),
                     ));
@@ -240,7 +278,12 @@ impl<'a> Group<'a> {
                         .members
                         .iter()
                         .zip(weights)
-                        .map(|(m, weight)| cluster_weight(m, weight, cluster(m)))
+                        .map(|(m, weight)| {
+                            let mut entry = cluster_weight(m, weight, cluster(m));
+                            entry.typed_per_filter_config =
+                                PerFilter::map(&per_filter.cluster_weight);
+                            entry
+                        })
                         .collect();
                     action.cluster_specifier = Some(
                         route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {

@@ -54,6 +54,7 @@ pub fn kube(name: &str) -> Target {
         tls: UpstreamTls::Plain,
         http2: false,
         connect_timeout_ms: 3000,
+        policy: UpstreamPolicy::default(),
     }
 }
 
@@ -76,6 +77,8 @@ pub fn forward(target: Target) -> Route {
         idle_timeout_ms: None,
         upgrades: Vec::new(),
         host_rewrite: None,
+        shadow: false,
+        policy: RoutePolicy::default(),
     }
 }
 
@@ -89,13 +92,14 @@ pub fn mapping(name: &str, prefix: &str, service: &str) -> Mapping {
         method: None,
         headers: Vec::new(),
         query_parameters: Vec::new(),
-        action: Action::Route(forward(kube(service))),
+        action: Action::Route(Box::new(forward(kube(service)))),
         weight: None,
         precedence: 0,
         add_request_headers: Vec::new(),
         remove_request_headers: Vec::new(),
         add_response_headers: Vec::new(),
         remove_response_headers: Vec::new(),
+        bypass_auth: false,
     }
 }
 

@@ -77,6 +77,8 @@ fn serves_routes(policy: Insecure) -> bool {
 pub(super) struct SharedRoutes<'a> {
     groups: &'a [Group<'a>],
     clusters: &'a BTreeMap<Target, String>,
+    /// Whether the gateway has an AuthService (routes then say when to skip it).
+    auth_enabled: bool,
     slots: Vec<Mutex<Slot>>,
 }
 
@@ -109,8 +111,9 @@ impl<'a> SharedRoutes<'a> {
                 *uses += patterns.iter().filter(|h| attaches(mapping, h)).count();
             }
         }
+        let auth_enabled = config.auth_service.is_some();
         let built = super::parallel::map(groups, super::parallel::SMALL_ITEMS, |g| {
-            g.route(clusters, &[])
+            g.route(clusters, &[], auth_enabled)
         });
         let slots = built
             .into_iter()
@@ -125,6 +128,7 @@ impl<'a> SharedRoutes<'a> {
         SharedRoutes {
             groups,
             clusters,
+            auth_enabled,
             slots,
         }
     }
@@ -140,7 +144,7 @@ impl<'a> SharedRoutes<'a> {
         };
         drop(slot);
         // Only a miscount could leave nothing here; build it again rather than lose it.
-        route.unwrap_or_else(|| self.groups[index].route(self.clusters, &[]))
+        route.unwrap_or_else(|| self.groups[index].route(self.clusters, &[], self.auth_enabled))
     }
 
     /// Whether every route went to exactly the virtual hosts counted for it.

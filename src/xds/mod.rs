@@ -14,20 +14,28 @@
 //! rejected is never sent to it again, and removals wait until every type is ACKed, so
 //! a node that NACKs keeps what it routes with.
 //!
+//! Responses leave without a per-stream copy of the resources: `wire` frames them,
+//! `cache` shares SotW bodies across streams, `transport` hands the bytes to HTTP/2;
+//! `names` shares subscribed name sets and their versions (issue 3: 10k streams within
+//! 1 GB).
+//!
 //! Start reading at [`serve`], then `server::run_stream`, then `sotw.rs`.
 
 pub mod bootstrap;
+mod cache;
 mod delta;
+mod names;
 mod server;
 mod sotw;
 mod subscription;
+mod transport;
 pub mod type_url;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::google::protobuf::Any;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -35,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::snapshot::{Resource, ResourceType, Store};
+
+pub use cache::encoded_responses;
+pub use transport::sent_bytes;
 
 /// Errors of the xDS stage.
 ///
@@ -75,11 +86,16 @@ pub struct Config {
     /// How long a new stream may wait before its first request (default 60 s).
     pub first_request_timeout: Duration,
     /// Most responses in flight across all streams: sent, not yet answered by an ACK or
-    /// NACK (default 512). Every stream holds its own encoded copy of a response until
-    /// the node reads it, so pushing a large snapshot to 10k nodes at once would hold 10k
-    /// copies; with this bound memory follows the limit, not the fleet size, and nodes
-    /// are served in turn (as Istio's push throttle does).
+    /// NACK (default 512). SotW replies share their bodies, but a delta reply and a body
+    /// not kept in the response cache are each stream's own until written; with this
+    /// bound that memory follows the limit, not the fleet size, and nodes are served in
+    /// turn (as Istio's push throttle does).
     pub max_in_flight: usize,
+    /// Bytes of encoded SotW responses kept to share across streams (default 64 MiB).
+    /// Streams sent the same set send the same bytes; a set that is not kept (evicted,
+    /// or larger than this) is encoded for the one response and freed once sent. 0
+    /// disables sharing.
+    pub response_cache_bytes: usize,
 }
 
 /// The per-request limits the protocol machines check.
@@ -100,6 +116,7 @@ impl Default for Config {
             max_request_bytes: 4 * 1024 * 1024,
             first_request_timeout: Duration::from_secs(60),
             max_in_flight: 512,
+            response_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -151,13 +168,14 @@ pub async fn serve_with(
         let (store, token) = (store.clone(), shutdown.clone());
         tokio::spawn(async move { store.run_rollout(token).await })
     };
-    let service = AggregatedDiscoveryServiceServer::new(server::AdsService {
+    let service = transport::AdsRouter::new(server::AdsService {
         store,
         config: config.clone(),
         shutdown: shutdown.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
-    })
-    .max_decoding_message_size(config.max_request_bytes);
+        cache: Arc::new(cache::ResponseCache::new(config.response_cache_bytes)),
+        name_sets: Arc::default(),
+    });
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -171,8 +189,8 @@ pub async fn serve_with(
     result.map_err(|source| Error::Transport { addr, source })
 }
 
-/// A resource as the `Any` a response carries. The body was encoded once, when the
-/// snapshot was built; this only copies its bytes.
+/// A resource as the `Any` a delta response carries. The body was encoded once, when
+/// the snapshot was built; this only copies its bytes.
 pub(crate) fn to_any(kind: ResourceType, r: &Resource) -> Any {
     Any {
         type_url: type_url::of(kind).to_owned(),

@@ -1,4 +1,5 @@
-//! The tonic service: one task per ADS stream, driving a [`Sotw`] or [`Delta`] machine.
+//! The ADS streams: one task per stream, driving a [`Sotw`] or [`Delta`] machine
+//! (`transport` hands them the decoded requests and sends what they reply).
 //!
 //! Each stream's task selects over the shutdown token, the stream's send buffer, the
 //! node's requests and the store's [`Targets`] channel. It computes a response only
@@ -7,28 +8,23 @@
 //! state of that moment, not a backlog.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures::{Stream, StreamExt};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::Config;
+use super::cache::ResponseCache;
 use super::delta::Delta;
+use super::names::NameSets;
 use super::sotw::Sotw;
+use super::wire::{Reply, Requests};
 use crate::snapshot::{Protocol, Snapshot, Store, StreamHandle, Targets};
-
-/// The response stream type of both RPCs.
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The ADS service over a [`Store`].
 #[derive(Debug, Clone)]
@@ -38,16 +34,19 @@ pub(crate) struct AdsService {
     pub(crate) shutdown: CancellationToken,
     /// Fleet-wide slots for responses in flight ([`Config::max_in_flight`]).
     pub(crate) in_flight: Arc<Semaphore>,
+    /// SotW response bodies shared across streams.
+    pub(crate) cache: Arc<ResponseCache>,
+    /// SotW subscription name sets shared across streams.
+    pub(crate) name_sets: Arc<NameSets>,
 }
 
 /// What the stream loop needs of a protocol machine.
 trait Machine: Send + 'static {
     type Request: Send + 'static;
-    type Response: Send + 'static;
     fn handle(&self) -> &StreamHandle;
     fn set_target(&mut self, target: Option<Arc<Snapshot>>);
     fn on_request(&mut self, req: Self::Request) -> Result<(), Status>;
-    fn next_response(&mut self) -> Option<Self::Response>;
+    fn next_response(&mut self) -> Option<Reply>;
     fn report_sync(&mut self);
     /// Whether the request answers a response (carries its nonce): an ACK or a NACK.
     fn answers(req: &Self::Request) -> bool;
@@ -55,7 +54,6 @@ trait Machine: Send + 'static {
 
 impl Machine for Sotw {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
     fn handle(&self) -> &StreamHandle {
         Sotw::handle(self)
     }
@@ -65,7 +63,7 @@ impl Machine for Sotw {
     fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
         Sotw::on_request(self, req)
     }
-    fn next_response(&mut self) -> Option<DiscoveryResponse> {
+    fn next_response(&mut self) -> Option<Reply> {
         Sotw::next_response(self)
     }
     fn report_sync(&mut self) {
@@ -78,7 +76,6 @@ impl Machine for Sotw {
 
 impl Machine for Delta {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
     fn handle(&self) -> &StreamHandle {
         Delta::handle(self)
     }
@@ -88,8 +85,8 @@ impl Machine for Delta {
     fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
         Delta::on_request(self, req)
     }
-    fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
-        Delta::next_response(self)
+    fn next_response(&mut self) -> Option<Reply> {
+        Delta::next_response(self).map(|response| Reply::message(&response))
     }
     fn report_sync(&mut self) {
         Delta::report_sync(self);
@@ -101,49 +98,48 @@ impl Machine for Delta {
 
 // === impl AdsService ===
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let config = self.config.clone();
-        let rx = self.spawn_stream(
-            request.into_inner(),
-            Protocol::Sotw,
-            |req: &DiscoveryRequest| req.node.clone(),
-            move |handle| Sotw::new(handle, config.limits()),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let config = self.config.clone();
-        let rx = self.spawn_stream(
-            request.into_inner(),
-            Protocol::Delta,
-            |req: &DeltaDiscoveryRequest| req.node.clone(),
-            move |handle| Delta::new(handle, config.limits()),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
+/// A stream's send buffer, read by the response body.
+pub(crate) type Replies = mpsc::Receiver<Result<Reply, Status>>;
 
 impl AdsService {
+    /// Starts a `StreamAggregatedResources` stream over the request body.
+    pub(crate) fn open_sotw(&self, body: tonic::body::Body) -> Replies {
+        let limits = self.config.limits();
+        let (cache, name_sets) = (self.cache.clone(), self.name_sets.clone());
+        self.spawn_stream(
+            self.inbound(body),
+            Protocol::Sotw,
+            |req: &DiscoveryRequest| req.node.clone(),
+            move |handle| Sotw::new(handle, limits, cache, name_sets),
+        )
+    }
+
+    /// Starts a `DeltaAggregatedResources` stream over the request body.
+    pub(crate) fn open_delta(&self, body: tonic::body::Body) -> Replies {
+        let limits = self.config.limits();
+        self.spawn_stream(
+            self.inbound(body),
+            Protocol::Delta,
+            |req: &DeltaDiscoveryRequest| req.node.clone(),
+            move |handle| Delta::new(handle, limits),
+        )
+    }
+
+    fn inbound<T: prost::Message + Default + 'static>(
+        &self,
+        body: tonic::body::Body,
+    ) -> Requests<T> {
+        Requests::new(body, self.config.max_request_bytes)
+    }
+
     /// Starts the stream's task and returns the receiving end of its send buffer.
     fn spawn_stream<M: Machine>(
         &self,
-        inbound: Streaming<M::Request>,
+        inbound: Requests<M::Request>,
         protocol: Protocol,
         node_of: fn(&M::Request) -> Option<Node>,
         machine: impl FnOnce(StreamHandle) -> M + Send + 'static,
-    ) -> mpsc::Receiver<Result<M::Response, Status>>
+    ) -> Replies
     where
         M::Request: prost::Message + Default,
     {
@@ -164,7 +160,10 @@ impl AdsService {
                 let first = match first {
                     Ok(Some(Ok(req))) => req,
                     Ok(Some(Err(status))) => {
+                        // An undecodable or oversized request: the node hears why (on a
+                        // reset stream nobody reads it, which costs nothing).
                         tracing::debug!(%status, "stream failed before its first request");
+                        let _ = tx.try_send(Err(status));
                         return;
                     }
                     Ok(None) => return,
@@ -206,8 +205,8 @@ impl AdsService {
 async fn run_stream<M: Machine>(
     mut machine: M,
     first: M::Request,
-    mut inbound: Streaming<M::Request>,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    mut inbound: Requests<M::Request>,
+    tx: mpsc::Sender<Result<Reply, Status>>,
     mut targets: watch::Receiver<Arc<Targets>>,
     in_flight: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -265,6 +264,7 @@ async fn run_stream<M: Machine>(
                 }
                 Some(Err(status)) => {
                     tracing::debug!(%status, "stream failed");
+                    let _ = tx.try_send(Err(status));
                     break;
                 }
                 None => break,

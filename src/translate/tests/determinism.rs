@@ -254,3 +254,16 @@ fn shared_routes_are_each_used_exactly_as_counted() {
         );
     }
 }
+
+/// Issue 7: policies add maps (per-filter configs, JSON access log formats) that prost
+/// encodes in hash order; each holds one entry or is encoded per entry, so the policies
+/// fixture translates to the same bytes every time.
+#[test]
+fn policies_translate_to_byte_identical_encodings() {
+    let repo = super::crate_root().join("tests/fixtures/translate/policies");
+    let config = super::load_dir(&repo, super::FIXTURE_SECRETS);
+    let first = encoded(&run(&config));
+    for _ in 0..20 {
+        assert_eq!(encoded(&run(&config)), first);
+    }
+}

@@ -23,6 +23,28 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use prost::{Message, Name};
 
 use super::{FIXTURE_SECRETS, fixture_repos, load_dir, run};
+
+/// The policy filters' and loggers' messages, decoded in the rendering.
+mod policy {
+    pub use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, ZipkinConfig};
+    pub use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        FileAccessLog, file_access_log,
+    };
+    pub use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
+    pub use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+    pub use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+    pub use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
+    pub use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+        ExtAuthz, ExtAuthzPerRoute,
+    };
+    pub use envoy_types::pb::envoy::extensions::filters::http::grpc_web::v3::GrpcWeb;
+    pub use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    pub use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit;
+}
 use crate::translate::Resources;
 
 #[test]
@@ -237,11 +259,73 @@ fn decode_any(url: &str, bytes: &[u8]) -> String {
         n if n == DownstreamTlsContext::full_name() => show::<DownstreamTlsContext>(bytes),
         n if n == UpstreamTlsContext::full_name() => show::<UpstreamTlsContext>(bytes),
         n if n == HttpProtocolOptions::full_name() => show::<HttpProtocolOptions>(bytes),
+        n if n == policy::Cors::full_name() => show::<policy::Cors>(bytes),
+        n if n == policy::CorsPolicy::full_name() => show::<policy::CorsPolicy>(bytes),
+        n if n == policy::ExtAuthz::full_name() => show::<policy::ExtAuthz>(bytes),
+        n if n == policy::ExtAuthzPerRoute::full_name() => show::<policy::ExtAuthzPerRoute>(bytes),
+        n if n == policy::RateLimit::full_name() => show::<policy::RateLimit>(bytes),
+        n if n == policy::LocalRateLimit::full_name() => show::<policy::LocalRateLimit>(bytes),
+        n if n == policy::GrpcWeb::full_name() => show::<policy::GrpcWeb>(bytes),
+        n if n == policy::Buffer::full_name() => show::<policy::Buffer>(bytes),
+        n if n == policy::StdoutAccessLog::full_name() => {
+            show_logger(bytes, |m: &mut policy::StdoutAccessLog| {
+                use policy::stdout_access_log::AccessLogFormat::LogFormat;
+                match &mut m.access_log_format {
+                    Some(LogFormat(f)) => json_format(f),
+                    _ => None,
+                }
+            })
+        }
+        n if n == policy::FileAccessLog::full_name() => {
+            show_logger(bytes, |m: &mut policy::FileAccessLog| {
+                use policy::file_access_log::AccessLogFormat::LogFormat;
+                match &mut m.access_log_format {
+                    Some(LogFormat(f)) => json_format(f),
+                    _ => None,
+                }
+            })
+        }
+        n if n == policy::HttpGrpcAccessLogConfig::full_name() => {
+            show::<policy::HttpGrpcAccessLogConfig>(bytes)
+        }
+        n if n == policy::TcpGrpcAccessLogConfig::full_name() => {
+            show::<policy::TcpGrpcAccessLogConfig>(bytes)
+        }
+        n if n == policy::ZipkinConfig::full_name() => show::<policy::ZipkinConfig>(bytes),
+        n if n == policy::OpenTelemetryConfig::full_name() => {
+            show::<policy::OpenTelemetryConfig>(bytes)
+        }
         n if n == Struct::full_name() => match Struct::decode(bytes) {
             Ok(s) => sorted_struct(&s),
             Err(e) => format!("<undecodable Struct: {e}>"),
         },
         other => format!("<{} bytes of {other}>", bytes.len()),
+    }
+}
+
+/// A logger's `Debug` with its JSON format (a `Struct`, whose map prints in hash order)
+/// taken out and shown after it with sorted keys.
+fn show_logger<M: Message + Default + std::fmt::Debug>(
+    bytes: &[u8],
+    json: impl Fn(&mut M) -> Option<Struct>,
+) -> String {
+    let Ok(mut m) = M::decode(bytes) else {
+        return "<undecodable access logger>".to_owned();
+    };
+    match json(&mut m) {
+        Some(s) => format!("{m:#?}\njson_format (sorted) {}", sorted_struct(&s)),
+        None => format!("{m:#?}"),
+    }
+}
+
+/// Takes the JSON `Struct` out of a substitution format string, leaving an empty one.
+fn json_format(
+    f: &mut envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+) -> Option<Struct> {
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    match &mut f.format {
+        Some(Format::JsonFormat(s)) => Some(std::mem::take(s)),
+        _ => None,
     }
 }
 

@@ -6,6 +6,7 @@
 //!   connect timeouts, EDS assignments;
 //! - `hosts`: Hosts -> virtual hosts, TLS filter chains, insecure actions, TLSContexts;
 //! - `listeners`: explicit Listeners and Emissary's defaults;
+//! - `policies`: Mapping policies, gateway services' filters, the Module's defaults;
 //! - `determinism`: same input (in any order) -> byte-identical encodings, provenance;
 //! - `golden`: YAML fixture repos -> a reviewable text rendering, checked in;
 //! - `envoy`: every fixture and the example repo pass `envoy --mode validate`.
@@ -20,6 +21,7 @@ mod envoy;
 mod golden;
 mod hosts;
 mod listeners;
+mod policies;
 mod routes;
 
 use std::path::{Path, PathBuf};
