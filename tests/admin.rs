@@ -26,28 +26,7 @@ use xds_util::{Server, WAIT, start_envoy};
 
 /// The config as a user writes it, so resources carry real provenance.
 fn resources(listener_port: u16, backend: SocketAddr) -> Resources {
-    let yaml = format!(
-        "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: http
-spec:
-  port: {listener_port}
-  protocol: HTTP
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
----
-apiVersion: getambassador.io/v3alpha1
-kind: Mapping
-metadata:
-  name: echo
-spec:
-  prefix: /echo/
-  service: {backend}
-"
-    );
+    let yaml = util::gateway_yaml(listener_port, "/echo/", &backend.to_string());
     let files = [SourceFile {
         path: "gateway.yaml".into(),
         bytes: yaml.into_bytes(),

@@ -78,28 +78,7 @@ fn commit(repo: &Path, yaml: &str, message: &str) {
 }
 
 fn config(listener_port: u16, backend: SocketAddr, prefix: &str) -> String {
-    format!(
-        "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: http
-spec:
-  port: {listener_port}
-  protocol: HTTP
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
----
-apiVersion: getambassador.io/v3alpha1
-kind: Mapping
-metadata:
-  name: echo
-spec:
-  prefix: {prefix}
-  service: {backend}
-"
-    )
+    util::gateway_yaml(listener_port, prefix, &backend.to_string())
 }
 
 /// `attache serve`, killed on drop; its log (JSON lines) goes to a file.

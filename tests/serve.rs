@@ -46,28 +46,7 @@ fn write_config(dir: &Path, listener_port: u16, backend: SocketAddr) {
     std::fs::create_dir_all(dir).expect("config dir");
     std::fs::write(
         dir.join("gateway.yaml"),
-        format!(
-            "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: http
-spec:
-  port: {listener_port}
-  protocol: HTTP
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
----
-apiVersion: getambassador.io/v3alpha1
-kind: Mapping
-metadata:
-  name: echo
-spec:
-  prefix: /echo/
-  service: {backend}
-"
-        ),
+        util::gateway_yaml(listener_port, "/echo/", &backend.to_string()),
     )
     .expect("write config");
 }

@@ -375,3 +375,31 @@ fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic:
         }
     }
 }
+
+/// The smallest gateway a user writes: one HTTP Listener on `listener_port` (every
+/// namespace's Hosts) and one Mapping `echo` from `prefix` to `service`, as one file.
+/// Line numbers matter to tests that check provenance: the Mapping starts on line 13.
+pub fn gateway_yaml(listener_port: u16, prefix: &str, service: &str) -> String {
+    format!(
+        "apiVersion: getambassador.io/v3alpha1
+kind: Listener
+metadata:
+  name: http
+spec:
+  port: {listener_port}
+  protocol: HTTP
+  securityModel: XFP
+  hostBinding:
+    namespace:
+      from: ALL
+---
+apiVersion: getambassador.io/v3alpha1
+kind: Mapping
+metadata:
+  name: echo
+spec:
+  prefix: {prefix}
+  service: {service}
+"
+    )
+}
