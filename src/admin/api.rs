@@ -4,6 +4,9 @@
 //!   its errors), the source's health and the rollout.
 //! - `nodes`, `nodes/{id}`: every node's metadata, per-type sent/ACKed versions and NACKs.
 //! - `revisions`: the pipeline's attempts, newest first, and the snapshots in the history.
+//! - `revisions/{id}`: the newest attempt at one revision (a commit id or a unique
+//!   prefix); 404 until the pipeline has processed it, so a deploy script can wait for
+//!   its commit with `curl --retry` and then read whether it was accepted.
 //! - `resources[?type=T][&snapshot=V]`: every resource with its provenance (file:line).
 //! - `routes`, `clusters` (same parameters): the decoded route table and clusters.
 //! - `diff?from=A&to=B`: what changes between two snapshots, by type and route by route.
@@ -32,6 +35,7 @@ pub(super) fn router() -> Router<State> {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/revisions", get(revisions))
+        .route("/revisions/{id}", get(revision))
         .route("/resources", get(resources))
         .route("/routes", get(routes))
         .route("/clusters", get(clusters))
@@ -204,6 +208,40 @@ async fn revisions(Extract(state): Extract<State>) -> Json<Revisions> {
         snapshots: state.store.history().iter().map(|s| serving(s)).collect(),
     };
     Json(body)
+}
+
+async fn revision(Extract(state): Extract<State>, Path(id): Path<String>) -> Result<Json<Attempt>> {
+    find_attempt(&state.status().history, &id).map(Json)
+}
+
+/// The newest attempt whose revision id is `id` or starts with it.
+fn find_attempt<'a>(history: impl IntoIterator<Item = &'a Attempt>, id: &str) -> Result<Attempt> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(Error::BadRequest("a revision id is empty".into()));
+    }
+    // Newest first, so the first attempt per id is the one that counts.
+    let mut found: Vec<&Attempt> = Vec::new();
+    for attempt in history {
+        let rev = &attempt.revision.id;
+        if rev.starts_with(id) && !found.iter().any(|f| &f.revision.id == rev) {
+            found.push(attempt);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound(format!(
+            "revision {id:?} has not been processed (yet): it is not among the last {} attempts",
+            crate::pipeline::HISTORY
+        ))),
+        many => Err(Error::BadRequest(format!(
+            "revision {id:?} is ambiguous: {}",
+            many.iter()
+                .map(|a| a.revision.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 async fn resources(

@@ -374,6 +374,43 @@ async fn revisions_and_diff() {
 }
 
 #[tokio::test]
+async fn one_revision_by_id_or_prefix_404_until_processed() {
+    let f = fixture();
+    accepted_then_rejected(&f).await;
+
+    let (code, body, _) = get(&f.state, "/api/v1/revisions/badbad2").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let rejected = json(&body);
+    assert_eq!(rejected["result"], "rejected", "{body}");
+    assert!(rejected["errors"][0]["message"].is_string(), "{body}");
+
+    let (code, body, _) = get(&f.state, "/api/v1/revisions/c0f").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["result"], "accepted", "{body}");
+    assert_eq!(json(&body)["snapshot"], "c0ffee1+e0", "{body}");
+
+    // Not processed yet: what a deploy script's `curl --retry` waits through.
+    let (code, body, _) = get(&f.state, "/api/v1/revisions/d00d003").await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("not been processed"), "{body}");
+
+    // A prefix two revisions share names both.
+    let mut status = Status::clone(&f.status.borrow());
+    status.record(attempt(
+        "c0ffee9",
+        "another",
+        Outcome::Failed { reason: "x".into() },
+    ));
+    f.status.send_replace(Arc::new(status));
+    let (code, body, _) = get(&f.state, "/api/v1/revisions/c0ffee").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("c0ffee1") && body.contains("c0ffee9"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn diag_shows_the_serving_and_rejected_commits_escaped() {
     let f = fixture();
     let (code, html, headers) = get(&f.state, "/diag").await;
