@@ -1,0 +1,1151 @@
+//! Issue 8: the Kubernetes manifests in deploy/.
+//!
+//! Each overlay is rendered the way an operator applies it (`kubectl kustomize`), and every
+//! object is read into its k8s-openapi struct with unknown fields refused. k8s-openapi
+//! itself ignores fields it does not know, so each object is serialized back and compared
+//! with what was rendered: whatever got lost is a field Kubernetes does not know either (a
+//! typo such as `replicaz`), reported with its path. Then the properties the issue asks for
+//! are checked on the typed objects, and what mirrors the code is checked against the built
+//! binary (the Envoy bootstrap, the `serve` flags, the gateway YAML), so the manifests
+//! cannot drift from it.
+//!
+//! The renderer is `$KUBECTL`, else `kubectl` on PATH. kubectl 1.32 (kustomize v5) and
+//! Debian bookworm's kubectl 1.20 (kustomize v2.0.3) both render deploy/: the
+//! kustomizations only use fields both know. Without kubectl these tests skip, except under
+//! CI (`CI` set), where they fail.
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Probe, Secret, Service, ServiceAccount, Volume,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The namespace deploy/base puts everything in.
+const NAMESPACE: &str = "attache";
+
+/// The `attache bootstrap` arguments deploy/base/envoy/bootstrap.yaml was made with (see
+/// deploy/base/kustomization.yaml), apart from the xDS address, which the test derives from
+/// the rendered attache-xds Service.
+const BOOTSTRAP_ARGS: &[&str] = &[
+    "--node-id",
+    "envoy",
+    "--cluster",
+    "envoy",
+    "--delta",
+    "--admin-port",
+    "9901",
+];
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// === rendering ===
+
+/// kubectl: `$KUBECTL`, else the first `kubectl` on PATH. `None` (with a note) when there
+/// is none; under CI a missing kubectl fails the test instead.
+fn kubectl() -> Option<PathBuf> {
+    let found = match std::env::var_os("KUBECTL") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("kubectl"))
+                .find(|candidate| candidate.is_file())
+        }),
+    };
+    match found {
+        Some(path) if path.is_file() => Some(path),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("no kubectl (set KUBECTL, or `apt-get install kubernetes-client`; .ci/run does)")
+        }
+        _ => {
+            eprintln!("skipping: no kubectl on PATH and KUBECTL is not set");
+            None
+        }
+    }
+}
+
+/// `kubectl kustomize DIR`: the multi-document YAML an operator would apply.
+fn render(kubectl: &Path, dir: &Path) -> String {
+    let output = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", kubectl.display()));
+    if !output.status.success() {
+        let version = Command::new(kubectl)
+            .args(["version", "--client"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "`{} kustomize {}` failed ({}):\n{}",
+            kubectl.display(),
+            dir.display(),
+            version.trim(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout).expect("kubectl prints UTF-8")
+}
+
+// === strict typing ===
+
+/// A rendered object, in its k8s-openapi type.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a rendering holds a few dozen objects; boxing would buy nothing"
+)]
+enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    Deployment(Deployment),
+    Service(Service),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+/// Reads every document of `yaml` into its typed object, or says what is wrong with each
+/// one that does not fit: an unknown kind, a field of the wrong type, an unknown field.
+fn parse_strict(yaml: &str) -> Result<Vec<Object>, Vec<String>> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| vec![format!("not YAML: {e}")])?;
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for (index, doc) in docs.iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        match typed(doc) {
+            Ok(object) => objects.push(object),
+            Err(errors) => problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("document {index} ({}): {e}", describe(doc))),
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(problems)
+    }
+}
+
+/// `Kind namespace/name` of an untyped object, for messages.
+fn describe(doc: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let metadata = &doc["metadata"];
+    match metadata.get("namespace") {
+        Some(ns) => format!(
+            "{} {}/{}",
+            text(&doc["kind"]),
+            text(ns),
+            text(&metadata["name"])
+        ),
+        None => format!("{} {}", text(&doc["kind"]), text(&metadata["name"])),
+    }
+}
+
+fn typed(doc: &Value) -> Result<Object, Vec<String>> {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    Ok(match (api_version, kind) {
+        ("v1", "Namespace") => Object::Namespace(strict(doc)?),
+        ("v1", "ServiceAccount") => Object::ServiceAccount(strict(doc)?),
+        ("v1", "Service") => Object::Service(strict(doc)?),
+        ("v1", "ConfigMap") => Object::ConfigMap(strict(doc)?),
+        ("v1", "Secret") => Object::Secret(strict(&unwrap_secret_data(doc))?),
+        ("apps/v1", "Deployment") => Object::Deployment(strict(doc)?),
+        ("policy/v1", "PodDisruptionBudget") => Object::PodDisruptionBudget(strict(doc)?),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(strict(doc)?),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            Object::ClusterRoleBinding(strict(doc)?)
+        }
+        _ => {
+            return Err(vec![format!(
+                "apiVersion {api_version:?} kind {kind:?} is not checked: add its \
+                 k8s-openapi type to `typed` in tests/deploy.rs"
+            )]);
+        }
+    })
+}
+
+/// `doc` with line breaks taken out of its `data` values. kustomize v5 wraps long base64
+/// values over lines; the API server decodes them with Go's base64, which skips line
+/// breaks, while k8s-openapi's decoder refuses them.
+fn unwrap_secret_data(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    if let Some(data) = doc.get_mut("data").and_then(Value::as_object_mut) {
+        for value in data.values_mut() {
+            if let Some(text) = value.as_str() {
+                *value = Value::String(text.replace(['\n', '\r'], ""));
+            }
+        }
+    }
+    doc
+}
+
+/// Deserializes `doc` as a `T` and refuses it when anything of `doc` does not survive the
+/// trip back to JSON: that is a field `T` (and so the API server) does not know.
+fn strict<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<T, Vec<String>> {
+    let typed: T = serde_path_to_error::deserialize(doc)
+        .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])?;
+    let back = serde_json::to_value(&typed).map_err(|e| vec![format!("serializing back: {e}")])?;
+    let mut lost = Vec::new();
+    compare(doc, &back, "", &mut lost);
+    if lost.is_empty() {
+        Ok(typed)
+    } else {
+        Err(lost)
+    }
+}
+
+/// Records every part of `rendered` that `typed` lacks or holds differently, by path
+/// (`spec.template.spec.containers[attache].readinesProbe`).
+fn compare(rendered: &Value, typed: &Value, path: &str, lost: &mut Vec<String>) {
+    match (rendered, typed) {
+        (Value::Object(fields), Value::Object(kept)) => {
+            for (key, value) in fields {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match kept.get(key) {
+                    Some(back) => compare(value, back, &here, lost),
+                    None => lost.push(format!(
+                        "{here}: unknown field (not in the Kubernetes schema; a typo?)"
+                    )),
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(kept)) if items.len() == kept.len() => {
+            for (index, (item, back)) in items.iter().zip(kept).enumerate() {
+                let label = match item.get("name").and_then(Value::as_str) {
+                    Some(name) => name.to_owned(),
+                    None => index.to_string(),
+                };
+                compare(item, back, &format!("{path}[{label}]"), lost);
+            }
+        }
+        _ if rendered == typed => {}
+        _ => lost.push(format!("{path}: {rendered} reads back as {typed}")),
+    }
+}
+
+// === the rendered objects ===
+
+/// One rendered overlay, typed.
+struct Rendered {
+    /// The overlay, relative to the crate (for messages).
+    name: String,
+    objects: Vec<Object>,
+}
+
+impl Rendered {
+    /// Renders `dir` and types every object; panics listing every problem.
+    fn of(kubectl: &Path, dir: &Path) -> Rendered {
+        let name = dir
+            .strip_prefix(crate_dir())
+            .unwrap_or(dir)
+            .display()
+            .to_string();
+        let yaml = render(kubectl, dir);
+        match parse_strict(&yaml) {
+            Ok(objects) => Rendered { name, objects },
+            Err(problems) => panic!(
+                "{name} renders objects Kubernetes would not accept as written:\n  {}",
+                problems.join("\n  ")
+            ),
+        }
+    }
+
+    fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.objects.iter().filter_map(|o| match o {
+            Object::Deployment(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    fn services(&self) -> impl Iterator<Item = &Service> {
+        self.objects.iter().filter_map(|o| match o {
+            Object::Service(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    fn deployment(&self, name: &str) -> &Deployment {
+        self.deployments()
+            .find(|d| d.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no Deployment {name}", self.name))
+    }
+
+    fn service(&self, name: &str) -> &Service {
+        self.services()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no Service {name}", self.name))
+    }
+
+    fn config_map(&self, name: &str) -> &ConfigMap {
+        self.objects
+            .iter()
+            .find_map(|o| match o {
+                Object::ConfigMap(c) if c.metadata.name.as_deref() == Some(name) => Some(c),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{}: no ConfigMap {name}", self.name))
+    }
+
+    fn secret(&self, name: &str) -> &Secret {
+        self.objects
+            .iter()
+            .find_map(|o| match o {
+                Object::Secret(s) if s.metadata.name.as_deref() == Some(name) => Some(s),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{}: no Secret {name}", self.name))
+    }
+
+    /// `(namespace, name)` of every namespaced object, and the names of the others.
+    fn namespaces(&self) -> Vec<(String, Option<String>)> {
+        self.objects
+            .iter()
+            .filter_map(|o| {
+                let meta = match o {
+                    Object::ServiceAccount(x) => &x.metadata,
+                    Object::Deployment(x) => &x.metadata,
+                    Object::Service(x) => &x.metadata,
+                    Object::ConfigMap(x) => &x.metadata,
+                    Object::Secret(x) => &x.metadata,
+                    Object::PodDisruptionBudget(x) => &x.metadata,
+                    Object::Namespace(_)
+                    | Object::ClusterRole(_)
+                    | Object::ClusterRoleBinding(_) => return None,
+                };
+                Some((
+                    meta.name.clone().unwrap_or_default(),
+                    meta.namespace.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
+fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("a Deployment has a pod spec")
+}
+
+fn pod_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn container<'a>(deployment: &'a Deployment, name: &str) -> &'a Container {
+    pod_spec(deployment)
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name} in {:?}", deployment.metadata.name))
+}
+
+/// The number a container port (by number or name) stands for.
+fn port_number(container: &Container, port: &IntOrString) -> i32 {
+    match port {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+            .unwrap_or_else(|| panic!("container {} has no port named {name}", container.name)),
+    }
+}
+
+/// An HTTP GET probe as `(path, port)`.
+fn http_probe(container: &Container, probe: Option<&Probe>, which: &str) -> (String, i32) {
+    let get = probe
+        .and_then(|p| p.http_get.as_ref())
+        .unwrap_or_else(|| panic!("container {} has no HTTP {which} probe", container.name));
+    (
+        get.path.clone().unwrap_or_default(),
+        port_number(container, &get.port),
+    )
+}
+
+/// `serve`'s `--name=value` arguments as a map; any other form is refused, so an overlay's
+/// appended flag cannot silently swallow the next argument.
+fn serve_flags(container: &Container) -> BTreeMap<String, String> {
+    let args = container.args.clone().unwrap_or_default();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("serve"),
+        "attache's args start with the subcommand: {args:?}"
+    );
+    let mut flags = BTreeMap::new();
+    for arg in &args[1..] {
+        let (name, value) = arg
+            .split_once('=')
+            .filter(|(name, _)| name.starts_with("--"))
+            .unwrap_or_else(|| panic!("attache arg {arg:?} is not --name=value"));
+        let previous = flags.insert(name.to_owned(), value.to_owned());
+        assert!(previous.is_none(), "attache arg {name} given twice");
+    }
+    flags
+}
+
+/// Where an absolute path inside `container` comes from: the volume mounted at the
+/// longest prefix of it, and the rest of the path below that mount.
+fn mounted<'a>(spec: &'a PodSpec, container: &Container, path: &str) -> (&'a Volume, String) {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| {
+            path == m.mount_path
+                || path.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/')))
+        })
+        .max_by_key(|m| m.mount_path.len())
+        .unwrap_or_else(|| panic!("{path} is on no volume of container {}", container.name));
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("volumeMount {} names no volume", mount.name));
+    let rest = path[mount.mount_path.len()..].trim_start_matches('/');
+    (volume, rest.to_owned())
+}
+
+// === checks every rendering must pass ===
+
+/// What the issue asks of deploy/base, whatever the overlay.
+fn check_base(r: &Rendered) -> AttacheArgs {
+    // Everything namespaced lives in the attache namespace, which exists.
+    for (name, namespace) in r.namespaces() {
+        assert_eq!(
+            namespace.as_deref(),
+            Some(NAMESPACE),
+            "{}: {name} is not in namespace {NAMESPACE}",
+            r.name
+        );
+    }
+    let namespace = r
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Namespace(n) => Some(n),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{}: no Namespace", r.name));
+    assert_eq!(namespace.metadata.name.as_deref(), Some(NAMESPACE));
+    check_rbac(r);
+    for deployment in r.deployments() {
+        check_pod_hardening(deployment);
+        check_volume_references(r, deployment);
+    }
+    check_selectors(r);
+    let envoy = check_envoy(r);
+    let attache = check_attache(r);
+    assert_eq!(
+        envoy, attache.xds_service,
+        "{}: Envoy's bootstrap must point at the attache-xds Service",
+        r.name
+    );
+    attache
+}
+
+/// Read-only access to Services and EndpointSlices, nothing else, bound to attache's
+/// ServiceAccount.
+fn check_rbac(r: &Rendered) {
+    let mut roles = r.objects.iter().filter_map(|o| match o {
+        Object::ClusterRole(role) => Some(role),
+        _ => None,
+    });
+    let role = roles.next().expect("a ClusterRole");
+    assert!(roles.next().is_none(), "{}: one ClusterRole only", r.name);
+    let mut grants = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{}: unexpected rule {rule:?}",
+            r.name
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                grants.insert((group.clone(), resource.clone(), verbs));
+            }
+        }
+    }
+    let reads = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    assert_eq!(
+        grants,
+        BTreeSet::from([
+            (String::new(), "services".to_owned(), reads.clone()),
+            (
+                "discovery.k8s.io".to_owned(),
+                "endpointslices".to_owned(),
+                reads
+            ),
+        ]),
+        "{}: attache may only read Services and EndpointSlices",
+        r.name
+    );
+    let binding = r
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            Object::ClusterRoleBinding(b) => Some(b),
+            _ => None,
+        })
+        .expect("a ClusterRoleBinding");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects: Vec<_> = binding
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [("ServiceAccount", "attache", Some(NAMESPACE))],
+        "{}",
+        r.name
+    );
+    assert!(r.objects.iter().any(|o| matches!(o,
+        Object::ServiceAccount(sa) if sa.metadata.name.as_deref() == Some("attache"))));
+}
+
+/// Non-root, read-only root filesystem, no privilege escalation or capabilities, seccomp,
+/// requests and a memory limit: for every container of every Deployment.
+fn check_pod_hardening(deployment: &Deployment) {
+    let name = deployment.metadata.name.clone().unwrap_or_default();
+    let spec = pod_spec(deployment);
+    let pod = spec
+        .security_context
+        .as_ref()
+        .unwrap_or_else(|| panic!("Deployment {name}: no pod securityContext"));
+    assert_eq!(pod.run_as_non_root, Some(true), "Deployment {name}");
+    assert!(
+        pod.run_as_user.is_some_and(|uid| uid != 0),
+        "Deployment {name}: a non-root runAsUser"
+    );
+    assert_eq!(
+        pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "Deployment {name}"
+    );
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let context = c
+            .security_context
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}/{}: no securityContext", c.name));
+        assert_eq!(
+            context.read_only_root_filesystem,
+            Some(true),
+            "{name}/{}",
+            c.name
+        );
+        assert_eq!(
+            context.allow_privilege_escalation,
+            Some(false),
+            "{name}/{}",
+            c.name
+        );
+        assert_ne!(context.privileged, Some(true), "{name}/{}", c.name);
+        assert_eq!(
+            context.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()]),
+            "{name}/{}",
+            c.name
+        );
+        assert!(
+            context
+                .capabilities
+                .as_ref()
+                .is_none_or(|c| c.add.is_none()),
+            "{name}/{}: no capabilities added",
+            c.name
+        );
+        let resources = c
+            .resources
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}/{}: no resources", c.name));
+        let requests = resources.requests.clone().unwrap_or_default();
+        assert!(
+            requests.contains_key("cpu") && requests.contains_key("memory"),
+            "{name}/{}: cpu and memory requests",
+            c.name
+        );
+        let limits = resources.limits.clone().unwrap_or_default();
+        assert!(
+            limits.contains_key("memory"),
+            "{name}/{}: a memory limit",
+            c.name
+        );
+    }
+}
+
+/// Every mount names a volume, and every ConfigMap or Secret a volume names is rendered
+/// (generated names carry a hash suffix, which kustomize must have carried over).
+fn check_volume_references(r: &Rendered, deployment: &Deployment) {
+    let spec = pod_spec(deployment);
+    let volumes: BTreeSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    for c in &spec.containers {
+        for mount in c.volume_mounts.iter().flatten() {
+            assert!(
+                volumes.contains(mount.name.as_str()),
+                "{}: {}/{} mounts unknown volume {}",
+                r.name,
+                deployment.metadata.name.as_deref().unwrap_or_default(),
+                c.name,
+                mount.name
+            );
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        if let Some(cm) = &volume.config_map {
+            r.config_map(&cm.name);
+        }
+        if let Some(secret) = &volume.secret {
+            r.secret(secret.secret_name.as_deref().expect("a secret name"));
+        }
+    }
+}
+
+/// Every Service and PodDisruptionBudget selects the pods of exactly one Deployment, and a
+/// Service's target ports are ports those pods have.
+fn check_selectors(r: &Rendered) {
+    let selects = |selector: &BTreeMap<String, String>| -> Vec<&Deployment> {
+        r.deployments()
+            .filter(|d| {
+                let labels = pod_labels(d);
+                !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect()
+    };
+    for service in r.services() {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let spec = service.spec.as_ref().expect("a Service has a spec");
+        let selected = selects(spec.selector.as_ref().expect("a selector"));
+        assert_eq!(
+            selected.len(),
+            1,
+            "{}: Service {name} selects one Deployment",
+            r.name
+        );
+        let pods = pod_spec(selected[0]);
+        for port in spec.ports.iter().flatten() {
+            let target = port
+                .target_port
+                .clone()
+                .unwrap_or(IntOrString::Int(port.port));
+            assert!(
+                pods.containers
+                    .iter()
+                    .any(|c| c.ports.iter().flatten().any(|p| match &target {
+                        IntOrString::Int(n) => p.container_port == *n,
+                        IntOrString::String(s) => p.name.as_deref() == Some(s),
+                    })),
+                "{}: Service {name} port {} targets {target:?}, which no container has",
+                r.name,
+                port.port
+            );
+        }
+    }
+    for object in &r.objects {
+        if let Object::PodDisruptionBudget(pdb) = object {
+            let selector = pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                selects(&selector).len(),
+                1,
+                "{}: PodDisruptionBudget {:?} selects one Deployment",
+                r.name,
+                pdb.metadata.name
+            );
+        }
+    }
+}
+
+/// What the attache Deployment's checks found, for the overlay checks.
+#[derive(Debug)]
+struct AttacheArgs {
+    flags: BTreeMap<String, String>,
+    /// `host:port` of the attache-xds Service, as Envoy resolves it.
+    xds_service: String,
+}
+
+/// Two replicas, probes, the state dir on an emptyDir, every flag one `attache serve`
+/// knows, and Services on the ports attache listens on.
+fn check_attache(r: &Rendered) -> AttacheArgs {
+    let deployment = r.deployment("attache");
+    assert_eq!(
+        deployment.spec.replicas,
+        Some(2),
+        "{}: two attache replicas",
+        r.name
+    );
+    let spec = pod_spec(deployment);
+    assert_eq!(spec.service_account_name.as_deref(), Some("attache"));
+    let c = container(deployment, "attache");
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("attache:{}", env!("CARGO_PKG_VERSION")).as_str()),
+        "the image tag is the crate version"
+    );
+    let flags = serve_flags(c);
+    let help = run_attache(&["serve", "--help"]);
+    for name in flags.keys() {
+        assert!(
+            help.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-'))
+                .any(|word| word == name),
+            "{}: `attache serve` has no flag {name}",
+            r.name
+        );
+    }
+    let addr = |flag: &str| -> SocketAddr {
+        flags
+            .get(flag)
+            .unwrap_or_else(|| panic!("{}: attache runs without {flag}", r.name))
+            .parse()
+            .unwrap_or_else(|e| panic!("{flag}: {e}"))
+    };
+    let (admin, xds) = (addr("--admin-addr"), addr("--xds-addr"));
+    // The kubelet probes the pod's address, so loopback would fail every probe.
+    assert!(admin.ip().is_unspecified() && xds.ip().is_unspecified());
+    assert_eq!(
+        http_probe(c, c.readiness_probe.as_ref(), "readiness"),
+        ("/readyz".to_owned(), i32::from(admin.port()))
+    );
+    assert_eq!(
+        http_probe(c, c.liveness_probe.as_ref(), "liveness"),
+        ("/healthz".to_owned(), i32::from(admin.port()))
+    );
+    if let Some(startup) = &c.startup_probe {
+        assert_eq!(
+            http_probe(c, Some(startup), "startup"),
+            ("/healthz".to_owned(), i32::from(admin.port()))
+        );
+    }
+    assert_eq!(
+        flags.get("--endpoints").map(String::as_str),
+        Some("kubernetes")
+    );
+    let (state, _) = mounted(spec, c, &flags["--state-dir"]);
+    assert!(
+        state.empty_dir.is_some(),
+        "{}: the state dir is on volume {}, not an emptyDir",
+        r.name,
+        state.name
+    );
+    let service_port = |service: &str, port: u16| -> i32 {
+        let s = r.service(service);
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        let found = ports
+            .iter()
+            .find(|p| {
+                p.target_port
+                    .as_ref()
+                    .is_some_and(|t| port_number(c, t) == i32::from(port))
+            })
+            .unwrap_or_else(|| panic!("{}: Service {service} does not reach port {port}", r.name));
+        found.port
+    };
+    service_port("attache-admin", admin.port());
+    let xds_port = service_port("attache-xds", xds.port());
+    assert_eq!(
+        r.service("attache-xds")
+            .spec
+            .as_ref()
+            .and_then(|s| s.type_.as_deref()),
+        Some("ClusterIP")
+    );
+    AttacheArgs {
+        flags,
+        xds_service: format!("attache-xds.{NAMESPACE}.svc.cluster.local:{xds_port}"),
+    }
+}
+
+/// The Envoy fleet: its bootstrap is what `attache bootstrap` prints, Envoy accepts it,
+/// each pod is its own node, and a LoadBalancer Service reaches its ports. Returns the xDS
+/// address the bootstrap points at.
+fn check_envoy(r: &Rendered) -> String {
+    let deployment = r.deployment("envoy");
+    let spec = pod_spec(deployment);
+    let c = container(deployment, "envoy");
+    let args = c.args.clone().unwrap_or_default();
+    let after = |flag: &str| -> &str {
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{}: envoy runs without {flag}: {args:?}", r.name));
+        args.get(at + 1).map(String::as_str).unwrap_or_default()
+    };
+    // The node id comes from the downward API: one node per pod.
+    assert_eq!(after("--service-node"), "$(POD_NAME)");
+    let pod_name = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(pod_name, Some("metadata.name"));
+    assert!(
+        c.readiness_probe.is_some(),
+        "{}: envoy has a readiness probe",
+        r.name
+    );
+
+    let (volume, key) = mounted(spec, c, after("-c"));
+    let config_map = volume
+        .config_map
+        .as_ref()
+        .unwrap_or_else(|| panic!("{}: envoy's bootstrap is not from a ConfigMap", r.name));
+    assert!(config_map.name.starts_with("envoy-bootstrap"));
+    let data = r
+        .config_map(&config_map.name)
+        .data
+        .clone()
+        .unwrap_or_default();
+    let text = data
+        .get(&key)
+        .unwrap_or_else(|| panic!("{}: ConfigMap {} has no key {key}", r.name, config_map.name));
+    let in_manifest: Value = serde_saphyr::from_str(text).expect("the bootstrap is YAML");
+    let xds = in_manifest["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+        ["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        .clone();
+    let xds_address = format!(
+        "{}:{}",
+        xds["address"].as_str().unwrap_or_default(),
+        xds["port_value"]
+    );
+    let mut args: Vec<&str> = vec![
+        "bootstrap",
+        "--format",
+        "json",
+        "--xds-address",
+        &xds_address,
+    ];
+    args.extend(BOOTSTRAP_ARGS);
+    let printed: Value =
+        serde_json::from_str(&run_attache(&args)).expect("`attache bootstrap` prints JSON");
+    assert!(
+        in_manifest == printed,
+        "{}: deploy/base/envoy/bootstrap.yaml is not what `attache {}` prints; regenerate it \
+         (deploy/base/kustomization.yaml says how).\nin the manifest: {in_manifest:#}\nprinted: {printed:#}",
+        r.name,
+        args.join(" ")
+    );
+    if let Some(envoy) = util::envoy_binary() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&path, text).expect("writing the bootstrap");
+        util::envoy_validate(&envoy, &path).unwrap_or_else(|e| panic!("{}: {e}", r.name));
+    }
+
+    let service = r.service("envoy");
+    let service_spec = service.spec.as_ref().expect("a spec");
+    assert_eq!(service_spec.type_.as_deref(), Some("LoadBalancer"));
+    let listeners: BTreeSet<i32> = service_spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| port_number(c, p.target_port.as_ref().expect("a targetPort")))
+        .collect();
+    // Emissary's (and attache's) default listeners.
+    assert_eq!(listeners, BTreeSet::from([8080, 8443]));
+    xds_address
+}
+
+/// Runs the built attache; its stdout. Panics with stderr when it fails.
+fn run_attache(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(args)
+        .output()
+        .expect("running attache");
+    assert!(
+        output.status.success(),
+        "attache {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("attache prints UTF-8")
+}
+
+// === the overlays ===
+
+/// Issue 8: the git overlay clones over SSH with a key and known_hosts from a Secret, and
+/// takes webhooks signed with a secret from it.
+#[test]
+fn git_overlay_renders_typed_objects_that_run_attache_on_a_git_remote() {
+    let Some(kubectl) = kubectl() else { return };
+    let r = Rendered::of(&kubectl, &crate_dir().join("deploy/overlays/git"));
+    let attache = check_base(&r);
+    let url = &attache.flags["--git"];
+    assert!(url.starts_with("ssh://"), "{url}");
+    let deployment = r.deployment("attache");
+    let spec = pod_spec(deployment);
+    let c = container(deployment, "attache");
+    let mut keys = BTreeSet::new();
+    for flag in ["--ssh-key", "--known-hosts", "--webhook-secret-file"] {
+        let path = attache
+            .flags
+            .get(flag)
+            .unwrap_or_else(|| panic!("{}: attache runs without {flag}", r.name));
+        let (volume, key) = mounted(spec, c, path);
+        let secret = volume
+            .secret
+            .as_ref()
+            .unwrap_or_else(|| panic!("{flag} {path} is not on a Secret volume"));
+        let name = secret.secret_name.as_deref().unwrap_or_default();
+        assert!(name.starts_with("attache-git"), "{name}");
+        let data = r.secret(name).data.clone().unwrap_or_default();
+        assert!(
+            data.contains_key(&key),
+            "{flag} {path}: Secret {name} has no key {key}"
+        );
+        keys.insert((name.to_owned(), key));
+    }
+    // One Secret, readable by attache's group only.
+    let names: BTreeSet<&String> = keys.iter().map(|(name, _)| name).collect();
+    assert_eq!(names.len(), 1);
+    let secret_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref())
+        .expect("the Secret volume");
+    assert_eq!(secret_volume.default_mode, Some(0o440));
+
+    // Every host key line is one attache accepts (a skipped line would refuse the host).
+    let secret = r.secret(names.into_iter().next().expect("one name"));
+    let known_hosts = secret.data.as_ref().expect("data")["known_hosts"].0.clone();
+    let text = String::from_utf8(known_hosts).expect("known_hosts is text");
+    let known = attache::source::known_hosts::KnownHosts::parse(&text);
+    let mut lines = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, fields[2])
+            .expect("base64 key");
+        known
+            .check(fields[0], 22, fields[1], &key)
+            .unwrap_or_else(|e| panic!("known_hosts line {line:?}: {e}"));
+        lines += 1;
+    }
+    assert!(lines >= 1, "known_hosts lists no host key");
+}
+
+/// Issue 8: the configmap overlay mounts a ConfigMap of every file in its gateway/
+/// directory as attache's --dir, and that configuration validates.
+#[test]
+fn configmap_overlay_renders_typed_objects_that_serve_its_gateway_directory() {
+    let Some(kubectl) = kubectl() else { return };
+    let overlay = crate_dir().join("deploy/overlays/configmap");
+    let r = Rendered::of(&kubectl, &overlay);
+    let attache = check_base(&r);
+    let deployment = r.deployment("attache");
+    let (volume, rest) = mounted(
+        pod_spec(deployment),
+        container(deployment, "attache"),
+        &attache.flags["--dir"],
+    );
+    assert_eq!(rest, "", "--dir is the mount point itself");
+    let name = &volume
+        .config_map
+        .as_ref()
+        .unwrap_or_else(|| panic!("--dir is not on a ConfigMap volume"))
+        .name;
+    let data = r.config_map(name).data.clone().unwrap_or_default();
+
+    // Every file of gateway/ is in the ConfigMap (kustomize v2 needs each listed), as is.
+    let gateway = overlay.join("gateway");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&gateway).expect("deploy/overlays/configmap/gateway") {
+        let path = entry.expect("a directory entry").path();
+        let name = path
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        files.insert(name, std::fs::read_to_string(&path).expect("a text file"));
+    }
+    assert_eq!(
+        data,
+        files,
+        "the ConfigMap must hold exactly the files in {}",
+        gateway.display()
+    );
+
+    // What attache will read from the mount validates.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, text) in &data {
+        std::fs::write(dir.path().join(name), text).expect("writing a gateway file");
+    }
+    let out = run_attache(&["validate", dir.path().to_str().expect("a UTF-8 path")]);
+    assert!(out.contains("revision accepted"), "{out}");
+}
+
+/// Issue 8: both overlays share the base, and the base alone renders into typed objects
+/// too (what the overlays build on).
+#[test]
+fn base_renders_typed_objects() {
+    let Some(kubectl) = kubectl() else { return };
+    let r = Rendered::of(&kubectl, &crate_dir().join("deploy/base"));
+    check_rbac(&r);
+    check_selectors(&r);
+    check_envoy(&r);
+    for deployment in r.deployments() {
+        check_pod_hardening(deployment);
+        check_volume_references(&r, deployment);
+    }
+}
+
+// === typos are caught ===
+
+/// Issue 8: a misspelt field in a patch (kustomize passes it through untouched) fails,
+/// naming the field and where it is.
+#[test]
+fn a_typo_in_an_overlay_is_reported_with_its_path() {
+    let Some(kubectl) = kubectl() else { return };
+    // A copy of the base next to the overlay: kustomize v5 refuses an absolute base path.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    copy_dir(&crate_dir().join("deploy/base"), &dir.path().join("base"));
+    let overlay = dir.path().join("typo");
+    std::fs::create_dir(&overlay).expect("creating the overlay dir");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nbases:\n  - ../base\n\
+         patchesStrategicMerge:\n  - typo.yaml\n",
+    )
+    .expect("writing the kustomization");
+    std::fs::write(
+        overlay.join("typo.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: attache\n  namespace: attache\n\
+         spec:\n  replicaz: 3\n  template:\n    spec:\n      containers:\n        - name: attache\n\
+         \x20         readinesProbe:\n            httpGet:\n              path: /readyz\n              port: 8877\n",
+    )
+    .expect("writing the patch");
+    let yaml = render(&kubectl, &overlay);
+    let Err(problems) = parse_strict(&yaml) else {
+        panic!("the typos were not caught")
+    };
+    let text = problems.join("\n");
+    assert!(
+        text.contains("Deployment attache/attache): spec.replicaz: unknown field"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.template.spec.containers[attache].readinesProbe: unknown field"),
+        "{text}"
+    );
+    assert_eq!(problems.len(), 2, "only the two typos: {text}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating a directory");
+    for entry in std::fs::read_dir(from).expect("reading a directory") {
+        let path = entry.expect("a directory entry").path();
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copying a file");
+        }
+    }
+}
+
+/// The strict reading on its own, without kubectl: unknown fields, wrong types and
+/// unknown kinds are each refused with where they are; a correct object passes.
+#[test]
+fn strict_typing_refuses_unknown_fields_wrong_types_and_unknown_kinds() {
+    let good = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: attache\n\
+                spec:\n  selector:\n    app: web\n  ports:\n    - name: http\n      port: 80\n      targetPort: http\n";
+    assert!(parse_strict(good).is_ok());
+
+    let typo = good.replace("targetPort: http", "targetPrt: http");
+    assert_eq!(
+        parse_strict(&typo).err(),
+        Some(vec![
+            "document 0 (Service attache/web): spec.ports[http].targetPrt: unknown field (not \
+             in the Kubernetes schema; a typo?)"
+                .to_owned()
+        ])
+    );
+
+    let wrong_type = good.replace("port: 80", "port: eighty");
+    let problems = parse_strict(&wrong_type).err().expect("refused");
+    assert!(
+        problems.len() == 1 && problems[0].contains("spec.ports[0].port: invalid type"),
+        "{problems:?}"
+    );
+
+    let unknown_kind = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n";
+    let problems = parse_strict(unknown_kind).err().expect("refused");
+    assert!(
+        problems[0].contains("kind \"Ingress\" is not checked"),
+        "{problems:?}"
+    );
+
+    // Misspelt metadata, e.g. a label map put one level too high, is refused as well.
+    let misplaced = good.replace(
+        "  namespace: attache\n",
+        "  namespace: attache\nlabels:\n  a: b\n",
+    );
+    assert!(
+        parse_strict(&misplaced)
+            .err()
+            .is_some_and(|p| p.len() == 1 && p[0].contains("): labels: unknown field")),
+    );
+}
