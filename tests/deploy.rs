@@ -322,7 +322,7 @@ impl Rendered {
             .unwrap_or_else(|| panic!("{}: no Secret {name}", self.name))
     }
 
-    /// `(namespace, name)` of every namespaced object, and the names of the others.
+    /// `(name, namespace)` of every object of a namespaced kind.
     fn namespaces(&self) -> Vec<(String, Option<String>)> {
         self.objects
             .iter()
@@ -465,6 +465,16 @@ fn check_base(r: &Rendered) -> AttacheArgs {
         })
         .unwrap_or_else(|| panic!("{}: no Namespace", r.name));
     assert_eq!(namespace.metadata.name.as_deref(), Some(NAMESPACE));
+    // The API server then refuses any pod that is not hardened like the ones checked here.
+    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted"),
+        "{}",
+        r.name
+    );
     check_rbac(r);
     for deployment in r.deployments() {
         check_pod_hardening(deployment);
@@ -850,7 +860,13 @@ fn check_envoy(r: &Rendered) -> String {
         .config_map
         .as_ref()
         .unwrap_or_else(|| panic!("{}: envoy's bootstrap is not from a ConfigMap", r.name));
-    assert!(config_map.name.starts_with("envoy-bootstrap"));
+    // Generated with a content hash in the name, so a new bootstrap rolls the Envoy pods.
+    assert!(
+        config_map.name.starts_with("envoy-bootstrap-"),
+        "{}: {}",
+        r.name,
+        config_map.name
+    );
     let data = r
         .config_map(&config_map.name)
         .data
