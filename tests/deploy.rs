@@ -7,7 +7,8 @@
 //! typo such as `replicaz`), reported with its path. Then the properties the issue asks for
 //! are checked on the typed objects, and what mirrors the code is checked against the built
 //! binary (the Envoy bootstrap, the `serve` flags, the gateway YAML), so the manifests
-//! cannot drift from it.
+//! cannot drift from it. Last, the Dockerfile's runtime packages are held to what `ldd`
+//! says the binary links.
 //!
 //! The renderer is `$KUBECTL`, else `kubectl` on PATH. kubectl 1.32 (kustomize v5) and
 //! Debian bookworm's kubectl 1.20 (kustomize v2.0.3) both render deploy/: the
@@ -1164,4 +1165,103 @@ fn strict_typing_refuses_unknown_fields_wrong_types_and_unknown_kinds() {
             .err()
             .is_some_and(|p| p.len() == 1 && p[0].contains("): labels: unknown field")),
     );
+}
+
+// === the image ===
+
+/// Issue 8: the Dockerfile's runtime stage installs the Debian package of every shared
+/// library the binary links (the image cannot be built on a machine without a Docker
+/// engine, so its library list is held to `ldd` here), on the same Debian release as the
+/// build stage.
+#[test]
+fn the_runtime_image_installs_every_shared_library_the_binary_links() {
+    let dockerfile =
+        std::fs::read_to_string(crate_dir().join("Dockerfile")).expect("reading the Dockerfile");
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").skip(1).collect();
+    assert_eq!(stages.len(), 2, "a build and a runtime stage");
+    let image = |stage: &str| {
+        stage
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (build, runtime) = (image(stages[0]), image(stages[1]));
+    assert!(
+        build.ends_with("-bookworm") && runtime == "debian:bookworm-slim",
+        "both stages on Debian 12, so the libraries match: {build} -> {runtime}"
+    );
+    assert!(stages[0].contains("cargo build --release --locked --bin attache"));
+    // The packages after `apt-get install` in the runtime stage, up to the end of the command.
+    let runtime_stage = stages[1].replace("\\\n", " ");
+    let installed: BTreeSet<&str> = runtime_stage
+        .split("apt-get install")
+        .skip(1)
+        .flat_map(|rest| {
+            rest.split("&&")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter(|word| !word.starts_with('-'))
+        })
+        .collect();
+    assert!(installed.contains("ca-certificates"), "{installed:?}");
+
+    let (Ok(ldd), Ok(_)) = (
+        Command::new("ldd")
+            .arg(env!("CARGO_BIN_EXE_attache"))
+            .output(),
+        Command::new("dpkg").arg("--version").output(),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ldd and dpkg are needed (CI runs on Debian)"
+        );
+        eprintln!("skipping: no ldd or dpkg (not a Debian machine)");
+        return;
+    };
+    let libraries: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|line| line.split("=>").nth(1))
+        .filter_map(|target| target.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(!libraries.is_empty(), "ldd listed no libraries");
+    let mut missing = Vec::new();
+    for library in &libraries {
+        let package = debian_package(Path::new(library))
+            .unwrap_or_else(|| panic!("no Debian package owns {library}"));
+        // libc6 is in every Debian image.
+        if package != "libc6" && !installed.contains(package.as_str()) {
+            missing.push(format!("{library} ({package})"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile's runtime stage does not install: {missing:?}"
+    );
+}
+
+/// The package owning `path`, asked as ldd printed it and as its canonical path (with
+/// merged /usr, dpkg knows only one of /lib/... and /usr/lib/...).
+fn debian_package(path: &Path) -> Option<String> {
+    let canonical = std::fs::canonicalize(path).ok();
+    let without_usr = canonical
+        .as_ref()
+        .and_then(|c| c.strip_prefix("/usr").ok())
+        .map(|rest| Path::new("/").join(rest));
+    [Some(path.to_owned()), canonical, without_usr]
+        .into_iter()
+        .flatten()
+        .find_map(|candidate| {
+            let output = Command::new("dpkg")
+                .arg("-S")
+                .arg(&candidate)
+                .output()
+                .ok()?;
+            let text = String::from_utf8(output.stdout).ok()?;
+            let line = text.lines().next()?;
+            let package = line.split(':').next()?.trim();
+            (output.status.success() && !package.is_empty()).then(|| package.to_owned())
+        })
 }
