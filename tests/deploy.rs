@@ -729,6 +729,14 @@ struct AttacheArgs {
     xds_service: String,
 }
 
+impl AttacheArgs {
+    fn flag(&self, name: &str) -> &str {
+        self.flags
+            .get(name)
+            .unwrap_or_else(|| panic!("attache runs without {name}: {:?}", self.flags))
+    }
+}
+
 /// Two replicas, probes, the state dir on an emptyDir, every flag one `attache serve`
 /// knows, and Services on the ports attache listens on.
 fn check_attache(r: &Rendered) -> AttacheArgs {
@@ -785,7 +793,10 @@ fn check_attache(r: &Rendered) -> AttacheArgs {
         flags.get("--endpoints").map(String::as_str),
         Some("kubernetes")
     );
-    let (state, _) = mounted(spec, c, &flags["--state-dir"]);
+    let state_dir = flags
+        .get("--state-dir")
+        .unwrap_or_else(|| panic!("{}: attache runs without --state-dir", r.name));
+    let (state, _) = mounted(spec, c, state_dir);
     assert!(
         state.empty_dir.is_some(),
         "{}: the state dir is on volume {}, not an emptyDir",
@@ -947,17 +958,14 @@ fn git_overlay_renders_typed_objects_that_run_attache_on_a_git_remote() {
     let Some(kubectl) = kubectl() else { return };
     let r = Rendered::of(&kubectl, &crate_dir().join("deploy/overlays/git"));
     let attache = check_base(&r);
-    let url = &attache.flags["--git"];
+    let url = attache.flag("--git");
     assert!(url.starts_with("ssh://"), "{url}");
     let deployment = r.deployment("attache");
     let spec = pod_spec(deployment);
     let c = container(deployment, "attache");
     let mut keys = BTreeSet::new();
     for flag in ["--ssh-key", "--known-hosts", "--webhook-secret-file"] {
-        let path = attache
-            .flags
-            .get(flag)
-            .unwrap_or_else(|| panic!("{}: attache runs without {flag}", r.name));
+        let path = attache.flag(flag);
         let (volume, key) = mounted(spec, c, path);
         let secret = volume
             .secret
@@ -1016,7 +1024,7 @@ fn configmap_overlay_renders_typed_objects_that_serve_its_gateway_directory() {
     let (volume, rest) = mounted(
         pod_spec(deployment),
         container(deployment, "attache"),
-        &attache.flags["--dir"],
+        attache.flag("--dir"),
     );
     assert_eq!(rest, "", "--dir is the mount point itself");
     let name = &volume
