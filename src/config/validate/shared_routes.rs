@@ -11,9 +11,36 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Diagnostic, LimitedBy, MatchKey, diag_at, qualified};
+use super::{Diagnostic, LimitedBy, diag_at, qualified};
 use crate::config::diag::Severity;
-use crate::config::model::{Action, Config, Kind, Mapping, Route};
+use crate::config::model::{
+    Action, Config, HostPattern, KeyValueMatch, Kind, Mapping, PathMatch, Route,
+};
+
+/// What makes two Mappings one route (as `MatchKey` in the parent module, borrowed: this
+/// runs over every Mapping of a revision, and cloning each match would cost more than
+/// the check). Validation keeps header and query matches sorted.
+type SameMatch<'a> = (
+    &'a HostPattern,
+    &'a PathMatch,
+    bool,
+    Option<&'a str>,
+    &'a [KeyValueMatch],
+    &'a [KeyValueMatch],
+    i32,
+);
+
+fn same_match(m: &Mapping) -> SameMatch<'_> {
+    (
+        &m.hostname,
+        &m.path,
+        m.case_sensitive,
+        m.method.as_deref(),
+        &m.headers,
+        &m.query_parameters,
+        m.precedence,
+    )
+}
 
 /// The route-level settings in which two members of one route group differ, by their
 /// Mapping field names.
@@ -43,12 +70,12 @@ pub(super) fn check(
     limited_by: &LimitedBy,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    let mut groups: BTreeMap<MatchKey, Vec<(&Mapping, &Route)>> = BTreeMap::new();
+    let mut groups: BTreeMap<SameMatch<'_>, Vec<(&Mapping, &Route)>> = BTreeMap::new();
     for m in &config.mappings {
         if let Action::Route(r) = &m.action
             && !r.shadow
         {
-            groups.entry(MatchKey::of(m)).or_default().push((m, r));
+            groups.entry(same_match(m)).or_default().push((m, r));
         }
     }
     let mut bad = BTreeSet::new();
