@@ -168,6 +168,10 @@ const ENFORCING: &[&str] = &[
     "kind: AuthService",
     "kind: RateLimitService",
     "kind: LocalRateLimit",
+    "kind: TCPMapping",
+    "kind: Filter",
+    "kind: FilterPolicy",
+    "kind: ExternalFilter",
 ];
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -249,8 +249,24 @@ pub fn parse_files(
 }
 
 /// Kinds whose absence would let through traffic they exist to stop (see
-/// `Outcome::is_accepted`).
-const ENFORCING_KINDS: &[&str] = &["AuthService", "RateLimitService", "LocalRateLimit"];
+/// `Outcome::is_accepted`): any error in a document of one of these kinds rejects the
+/// revision even under `--allow-partial`. The unsupported ones are here too: a config
+/// that relies on TCP routing or Edge Stack's filters must not be served without them.
+pub(super) const ENFORCING_KINDS: &[&str] = &[
+    "AuthService",
+    "RateLimitService",
+    "LocalRateLimit",
+    "TCPMapping",
+    "Filter",
+    "FilterPolicy",
+    "ExternalFilter",
+];
+
+/// Whether `kind` (as written, so in any case: `authservice` is a typo of an enforcing
+/// kind, and leaving it out would open the gateway just the same) is an enforcing kind.
+pub(super) fn is_enforcing(kind: &str) -> bool {
+    ENFORCING_KINDS.iter().any(|k| k.eq_ignore_ascii_case(kind))
+}
 
 /// A file that cannot be parsed may have held an AuthService (or another enforcing kind):
 /// say so as an error of that kind, so that `--allow-partial` does not serve the rest of
@@ -411,7 +427,30 @@ impl DocContext<'_> {
         );
     }
 
+    /// Decodes one document. Every error about a document whose `kind` is enforcing names
+    /// that kind, even when it arises before the resource is known (bad `metadata`, no
+    /// name, a wrong `apiVersion`): `Outcome::is_accepted` only sees the kind, and an
+    /// AuthService left out unnamed would otherwise be skipped under `--allow-partial`.
     fn document(&mut self, doc: &Node, scope: Option<&AnnotationScope>) {
+        let before = self.diagnostics.len();
+        self.decode_document(doc, scope);
+        let Some(kind) = doc.get("kind").and_then(Node::as_str) else {
+            return;
+        };
+        if !is_enforcing(kind) {
+            return;
+        }
+        for d in &mut self.diagnostics[before..] {
+            if d.is_error() && d.resource.as_ref().is_none_or(|r| r.kind != kind) {
+                d.resource = Some(ResourceRef {
+                    kind: kind.to_owned(),
+                    name: document_name(doc),
+                });
+            }
+        }
+    }
+
+    fn decode_document(&mut self, doc: &Node, scope: Option<&AnnotationScope>) {
         if !matches!(doc.value, Value::Map(_)) {
             self.error(
                 doc,
@@ -538,14 +577,22 @@ impl DocContext<'_> {
             if let Some(extra) =
                 unknown_top_level(doc, &["apiVersion", "kind", "metadata", "spec", "status"])
             {
-                self.error(extra, resource, key_text(extra), "unknown top-level field; the CRD form has `apiVersion`, `kind`, `metadata` and `spec`".into());
+                // Kubernetes drops any other top-level field of a custom resource, so
+                // Emissary would never see it either: say where it belongs instead.
+                let key = key_text(extra);
+                let hint = if doc.get("spec").is_none() {
+                    format!(
+                        "; in the CRD form (with `metadata`) it goes under `spec` (`spec.{key}`), \
+                         in the flat form `name` replaces `metadata`"
+                    )
+                } else {
+                    String::new()
+                };
+                self.error(extra, resource, key, format!("unknown top-level field; the CRD form has `apiVersion`, `kind`, `metadata` and `spec`{hint}"));
                 return;
             }
             match doc.get("spec") {
                 Some(spec) => (spec, "spec", &[]),
-                None if kind_enum == Kind::Module => {
-                    (doc, "spec", &["apiVersion", "kind", "metadata", "status"])
-                }
                 None => {
                     self.error(
                         doc,
@@ -713,50 +760,66 @@ impl DocContext<'_> {
     }
 
     /// A Kubernetes Service whose `getambassador.io/config` annotation holds resources.
+    ///
+    /// A Service is a real Kubernetes object that other tools own: only the three fields
+    /// attache needs are read (`name`, `namespace` and this annotation), whatever else its
+    /// `metadata` carries, and a Service without the annotation is not a gateway resource
+    /// at all.
     fn service_annotation(&mut self, doc: &Node) {
         let Some(meta_node) = doc.get("metadata") else {
             return;
         };
-        let meta: raw::Metadata = match yaml::decode(meta_node, "metadata") {
-            Ok(m) => m,
-            Err(e) => {
-                self.decode_error(e, None);
-                return;
-            }
-        };
-        let Some(annotation) = meta.annotations.get(CONFIG_ANNOTATION) else {
+        let Some(annotation_node) = meta_node
+            .get("annotations")
+            .and_then(|a| a.get(CONFIG_ANNOTATION))
+        else {
             return;
         };
-        let Some(name) = meta.name else {
+        let field = format!("metadata.annotations[{CONFIG_ANNOTATION:?}]");
+        let service = ResourceRef {
+            kind: "Service".into(),
+            name: document_name(doc),
+        };
+        let Some(text) = annotation_node.as_str() else {
             self.error(
-                meta_node,
-                None,
-                "metadata".into(),
-                "missing required field `name`".into(),
+                annotation_node,
+                Some(service),
+                field,
+                format!(
+                    "expected a string of YAML documents, found {}",
+                    annotation_node.value.describe()
+                ),
             );
             return;
         };
-        let namespace = meta
-            .namespace
-            .map(|n| n.value)
+        let annotation = yaml::At {
+            value: text.to_owned(),
+            line: annotation_node.line,
+            column: annotation_node.column,
+        };
+        let Some(name) = self.service_metadata_string(meta_node, "name", &service, true) else {
+            return;
+        };
+        let namespace = self
+            .service_metadata_string(meta_node, "namespace", &service, false)
             .unwrap_or_else(|| "default".into());
         let scope = AnnotationScope {
-            service: format!("{}.{}", name.value, namespace),
+            service: format!("{name}.{namespace}"),
             namespace,
         };
-        let (line_offset, column_offset) = annotation_offsets(self.source, annotation);
+        let (line_offset, column_offset) = annotation_offsets(self.source, &annotation);
         let mut docs = match yaml::parse_documents(annotation.value.as_bytes(), self.limits) {
             Ok(docs) => docs,
             Err(e) => {
+                // As for an unreadable file: the text may have held an AuthService.
+                let file = self.file.clone();
+                unreadable_enforcing(&file, annotation.value.as_bytes(), self.diagnostics);
                 self.push(
                     Severity::Error,
                     e.line + line_offset,
                     e.column + column_offset,
-                    Some(ResourceRef {
-                        kind: "Service".into(),
-                        name: name.value.clone(),
-                    }),
-                    format!("metadata.annotations[{CONFIG_ANNOTATION:?}]"),
+                    Some(service),
+                    field,
                     e.message,
                 );
                 return;
@@ -767,6 +830,43 @@ impl DocContext<'_> {
         }
         for doc in &docs {
             self.document(doc, Some(&scope));
+        }
+    }
+}
+
+impl DocContext<'_> {
+    /// A string in a Service's `metadata`; reports it when it is not a string, or when it
+    /// is `required` and missing.
+    fn service_metadata_string(
+        &mut self,
+        meta: &Node,
+        key: &str,
+        service: &ResourceRef,
+        required: bool,
+    ) -> Option<String> {
+        match meta.get(key) {
+            Some(node) => match node.as_str() {
+                Some(s) => Some(s.to_owned()),
+                None => {
+                    self.error(
+                        node,
+                        Some(service.clone()),
+                        format!("metadata.{key}"),
+                        format!("expected a string, found {}", node.value.describe()),
+                    );
+                    None
+                }
+            },
+            None if required => {
+                self.error(
+                    meta,
+                    Some(service.clone()),
+                    "metadata".into(),
+                    format!("missing required field `{key}`"),
+                );
+                None
+            }
+            None => None,
         }
     }
 }

@@ -46,13 +46,6 @@ pub struct Options {
     pub limits: yaml::Limits,
 }
 
-/// Kinds whose absence would let through traffic they exist to stop.
-const ENFORCING_KINDS: &[Kind] = &[
-    Kind::AuthService,
-    Kind::RateLimitService,
-    Kind::LocalRateLimit,
-];
-
 /// The result of loading a revision: the valid resources, and every diagnostic.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -71,16 +64,16 @@ impl Outcome {
 
     /// Whether the revision may be served under its policy.
     ///
-    /// An invalid resource that enforces something (an AuthService, a RateLimitService, a
-    /// LocalRateLimit) rejects the revision even under [`Policy::SkipInvalid`]: leaving it
-    /// out would silently open the gateway it was meant to guard.
+    /// An error in a resource that enforces something (an AuthService, a
+    /// RateLimitService, a LocalRateLimit, or an unsupported TCPMapping, Filter,
+    /// FilterPolicy or ExternalFilter) rejects the revision even under
+    /// [`Policy::SkipInvalid`]: leaving it out would silently open the gateway it was
+    /// meant to guard.
     pub fn is_accepted(&self) -> bool {
         let enforcing = |d: &Diagnostic| {
-            d.resource.as_ref().is_some_and(|r| {
-                ENFORCING_KINDS
-                    .iter()
-                    .any(|k| k.as_str() == r.kind.as_str())
-            })
+            d.resource
+                .as_ref()
+                .is_some_and(|r| load::is_enforcing(&r.kind))
         };
         match self.policy {
             Policy::SkipInvalid => !self.errors().any(enforcing),

@@ -249,7 +249,55 @@ pub enum UpstreamTls {
     /// TLS with Envoy's defaults; SNI is the service host.
     Tls,
     /// TLS with the settings of the named TLSContext (its secret is the client certificate).
-    Context(String),
+    Context(ContextRef),
+}
+
+/// A TLSContext, by namespace and name. Validation resolves a `tls: NAME` to the
+/// TLSContext it means (see [`Config::tls_context`]), so the namespace here is the
+/// TLSContext's own, not the referrer's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContextRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl From<&str> for ContextRef {
+    /// A TLSContext in the `default` namespace.
+    fn from(name: &str) -> Self {
+        ContextRef {
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// What a reference to a TLSContext by name resolves to (see [`Config::tls_context`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ContextLookup<'a> {
+    Found(&'a TlsContext),
+    Missing,
+    /// Not in the referrer's namespace, and in more than one other: the first two.
+    Ambiguous(&'a TlsContext, &'a TlsContext),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The TLSContext that `name`, written in a resource in `namespace`, refers to: the
+    /// one of that name in `namespace`, else the only one of that name in any namespace.
+    /// TLSContext names are unique per namespace only, so picking "the first" of several
+    /// would depend on which namespaces happen to exist.
+    pub fn tls_context(&self, name: &str, namespace: &str) -> ContextLookup<'_> {
+        let mut named = self.tls_contexts.iter().filter(|c| c.meta.name == name);
+        if let Some(own) = named.clone().find(|c| c.meta.namespace == namespace) {
+            return ContextLookup::Found(own);
+        }
+        match (named.next(), named.next()) {
+            (None, _) => ContextLookup::Missing,
+            (Some(only), None) => ContextLookup::Found(only),
+            (Some(a), Some(b)) => ContextLookup::Ambiguous(a, b),
+        }
+    }
 }
 
 /// The upstream cluster a Mapping targets. Mappings with equal targets share one cluster.

@@ -40,6 +40,9 @@ pub struct Metadata {
     pub finalizers: Option<IgnoredAny>,
     pub owner_references: Option<IgnoredAny>,
     pub generate_name: Option<IgnoredAny>,
+    pub self_link: Option<IgnoredAny>,
+    pub deletion_timestamp: Option<IgnoredAny>,
+    pub deletion_grace_period_seconds: Option<IgnoredAny>,
 }
 
 /// `Mapping` spec (v3alpha1; the v2 spellings `host` and `use_websocket` are accepted).

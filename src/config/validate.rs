@@ -18,6 +18,10 @@ use super::yaml::At;
 mod policy;
 mod rate_limits;
 mod services;
+mod shared_routes;
+#[cfg(test)]
+mod tests;
+mod tls_refs;
 
 use policy::MappingDefaults;
 
@@ -219,18 +223,23 @@ pub fn validate(
                 if let Some((bucket, mappings)) = rate_limits::token_bucket(&spec, &mut check)
                     && !check.failed()
                 {
-                    local_limits.push(LocalRateLimit {
-                        meta,
-                        mappings,
-                        bucket,
-                    });
+                    local_limits.push(PendingLimit::new(
+                        LocalRateLimit {
+                            meta,
+                            mappings,
+                            bucket,
+                        },
+                        &spec,
+                        p.base,
+                    ));
                 }
             }
         }
         diagnostics.append(&mut check.diagnostics);
     }
     cross_check(&mut config, diagnostics);
-    apply_local_rate_limits(&mut config, local_limits, diagnostics);
+    let limited_by = apply_local_rate_limits(&mut config, local_limits, diagnostics);
+    shared_routes::check(&mut config, &limited_by, diagnostics);
     load_secrets(&mut config, secrets_dir, diagnostics);
     sort(&mut config);
     config
@@ -270,60 +279,105 @@ fn only_one<T>(
     }
 }
 
+/// A validated LocalRateLimit, with where its `mappings` entries are written so that the
+/// problems found across resources point at the entry at fault.
+struct PendingLimit {
+    limit: LocalRateLimit,
+    /// `spec.mappings` (CRD form) or `mappings` (flat form).
+    field: String,
+    /// Where the `mappings` list starts.
+    list_at: (u32, u32),
+    /// Where each named Mapping is written (the first time, if twice).
+    entries: BTreeMap<String, (u32, u32)>,
+}
+
+impl PendingLimit {
+    fn new(limit: LocalRateLimit, spec: &raw::LocalRateLimitSpec, base: &str) -> Self {
+        let mut entries = BTreeMap::new();
+        let mut list_at = (limit.meta.origin.line, limit.meta.origin.column);
+        if let Some(list) = &spec.mappings {
+            list_at = (list.line, list.column);
+            for m in &list.value {
+                entries.entry(m.value.clone()).or_insert((m.line, m.column));
+            }
+        }
+        PendingLimit {
+            limit,
+            field: format!("{base}mappings"),
+            list_at,
+            entries,
+        }
+    }
+
+    /// An error about the entry naming `mapping` (or the list, if it names none).
+    fn error(&self, mapping: &str, message: String) -> Diagnostic {
+        let (line, column) = self.entries.get(mapping).copied().unwrap_or(self.list_at);
+        Diagnostic {
+            file: self.limit.meta.origin.file.clone(),
+            line,
+            column,
+            severity: Severity::Error,
+            resource: Some(ResourceRef::new(
+                Kind::LocalRateLimit,
+                &self.limit.meta.name,
+            )),
+            field: self.field.clone(),
+            message,
+        }
+    }
+}
+
+/// The LocalRateLimit limiting a Mapping, by the Mapping's (namespace, name), with where
+/// it names the Mapping.
+type LimitedBy = BTreeMap<(String, String), Diagnostic>;
+
 /// Gives each Mapping a LocalRateLimit names its token bucket. A LocalRateLimit naming a
 /// Mapping that does not exist (or is not valid, or redirects), or a Mapping another one
 /// already limits, is an error, and the LocalRateLimit is left out whole.
+///
+/// Returns, for each limited Mapping, a template of an error at the entry that names it
+/// (see [`shared_routes`]).
 fn apply_local_rate_limits(
     config: &mut Config,
-    limits: Vec<LocalRateLimit>,
+    limits: Vec<PendingLimit>,
     diagnostics: &mut Vec<Diagnostic>,
-) {
+) -> LimitedBy {
+    let mut limited_by = LimitedBy::new();
     if limits.is_empty() {
-        return;
+        return limited_by;
     }
     // Mapping index by (namespace, name): a limit names a few Mappings out of thousands.
     let index: BTreeMap<(String, String), usize> = config
         .mappings
         .iter()
         .enumerate()
-        .map(|(i, m)| ((m.meta.namespace.clone(), m.meta.name.clone()), i))
+        .map(|(i, m)| (qualified(&m.meta), i))
         .collect();
     let mut limited: BTreeMap<(String, String), Origin> = BTreeMap::new();
-    for limit in limits {
+    for pending in limits {
+        let limit = &pending.limit;
         let mut problems = Vec::new();
         for name in &limit.mappings {
             let key = (limit.meta.namespace.clone(), name.clone());
-            match index.get(&key).map(|&i| &config.mappings[i].action) {
-                None => problems.push(format!(
+            let problem = match index.get(&key).map(|&i| &config.mappings[i].action) {
+                None => Some(format!(
                     "no valid Mapping {name:?} in namespace {:?}",
                     limit.meta.namespace
                 )),
-                Some(Action::Redirect(_)) => problems.push(format!(
+                Some(Action::Redirect(_)) => Some(format!(
                     "Mapping {name:?} redirects; there is nothing to limit"
                 )),
-                Some(Action::Route(r)) if r.shadow => problems.push(format!(
+                Some(Action::Route(r)) if r.shadow => Some(format!(
                     "Mapping {name:?} is a shadow: it has no route of its own to limit"
                 )),
-                Some(Action::Route(_)) => {
-                    if let Some(first) = limited.get(&key) {
-                        problems.push(format!(
-                            "Mapping {name:?} is already limited by the LocalRateLimit at {first}"
-                        ));
-                    }
-                }
-            }
+                Some(Action::Route(_)) => limited.get(&key).map(|first| {
+                    format!("Mapping {name:?} is already limited by the LocalRateLimit at {first}")
+                }),
+            };
+            problems.extend(problem.map(|p| pending.error(name, p)));
         }
         if !problems.is_empty() {
-            for problem in problems {
-                diagnostics.push(diag_at(
-                    &limit.meta.origin,
-                    Severity::Error,
-                    Kind::LocalRateLimit,
-                    &limit.meta.name,
-                    "spec.mappings",
-                    problem,
-                ));
-            }
+            diagnostics.append(&mut problems);
             continue;
         }
         for name in &limit.mappings {
@@ -333,10 +387,12 @@ fn apply_local_rate_limits(
             {
                 route.policy.local_rate_limit = Some(limit.bucket);
             }
-            limited.insert(key, limit.meta.origin.clone());
+            limited.insert(key.clone(), limit.meta.origin.clone());
+            limited_by.insert(key, pending.error(name, String::new()));
         }
-        config.local_rate_limits.push(limit);
+        config.local_rate_limits.push(pending.limit);
     }
+    limited_by
 }
 
 // === Mapping ===
@@ -365,15 +421,15 @@ fn mapping(
     let headers = matches(
         &spec.headers,
         &spec.regex_headers,
-        "headers",
-        "regex_headers",
+        ("headers", "regex_headers"),
+        NameCase::Insensitive,
         check,
     );
     let query_parameters = matches(
         &spec.query_parameters,
         &spec.regex_query_parameters,
-        "query_parameters",
-        "regex_query_parameters",
+        ("query_parameters", "regex_query_parameters"),
+        NameCase::Sensitive,
         check,
     );
     let method = spec.method.as_ref().map(|m| {
@@ -536,20 +592,34 @@ fn path_match(spec: &raw::MappingSpec, check: &mut Check<'_>) -> Option<PathMatc
     })
 }
 
+/// Whether Envoy compares a match's names regardless of case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameCase {
+    /// Header names (HTTP/2 and Envoy lower-case them): stored lower-case.
+    Insensitive,
+    /// Query parameter names: Envoy compares them as written, so `userId` must stay
+    /// `userId` or it never matches `?userId=42`.
+    Sensitive,
+}
+
 fn matches(
     exact: &BTreeMap<String, At<raw::MatchValue>>,
     regexes: &BTreeMap<String, At<String>>,
-    exact_field: &str,
-    regex_field: &str,
+    (exact_field, regex_field): (&str, &str),
+    case: NameCase,
     check: &mut Check<'_>,
 ) -> Vec<KeyValueMatch> {
+    let name_of = |name: &str| match case {
+        NameCase::Insensitive => name.to_ascii_lowercase(),
+        NameCase::Sensitive => name.to_owned(),
+    };
     let mut out = Vec::new();
     for (name, value) in exact {
         if !is_token(name) {
             check.error(value, exact_field, format!("{name:?} is not a valid name"));
         }
         out.push(KeyValueMatch {
-            name: name.to_ascii_lowercase(),
+            name: name_of(name),
             value: match &value.value {
                 raw::MatchValue::Present => ValueMatch::Present,
                 raw::MatchValue::Exact(s) => ValueMatch::Exact(s.clone()),
@@ -569,7 +639,7 @@ fn matches(
         }
         check.regex(value, &format!("{regex_field}.{name}"));
         out.push(KeyValueMatch {
-            name: name.to_ascii_lowercase(),
+            name: name_of(name),
             value: ValueMatch::Regex(value.value.clone()),
         });
     }
@@ -620,6 +690,20 @@ fn route(
         }
         (
             Some(At {
+                value: raw::TlsSetting::Enabled(true) | raw::TlsSetting::Context(_),
+                ..
+            }),
+            Some(false),
+        ) => {
+            check.error(
+                &service_text,
+                "tls",
+                "`tls` contradicts the `http://` service: use `https://` (or drop the scheme)",
+            );
+            UpstreamTls::Plain
+        }
+        (
+            Some(At {
                 value: raw::TlsSetting::Enabled(true),
                 ..
             }),
@@ -632,7 +716,11 @@ fn route(
                 ..
             }),
             _,
-        ) => UpstreamTls::Context(name.clone()),
+        ) => UpstreamTls::Context(ContextRef {
+            // Resolved to the TLSContext's own namespace once all are known (`tls_refs`).
+            namespace: meta.namespace.clone(),
+            name: name.clone(),
+        }),
         _ => UpstreamTls::Plain,
     };
     let connect_timeout_ms = match &spec.connect_timeout_ms {
@@ -1102,13 +1190,10 @@ fn host(
         .and_then(|p| p.insecure.as_ref())
         .and_then(|i| i.action.as_ref());
     let insecure_action = match action {
-        None => {
-            if tls_secret.is_some() {
-                InsecureAction::Redirect
-            } else {
-                InsecureAction::Route
-            }
-        }
+        // Emissary's default. It only matters for a Host that terminates TLS (a cleartext
+        // one serves everything), and whether it does is known only once TLSContexts are
+        // (one may list its hostname), so it cannot depend on `tlsSecret` here.
+        None => InsecureAction::Redirect,
         Some(a) => match a.value.as_str() {
             "Redirect" => InsecureAction::Redirect,
             "Route" => InsecureAction::Route,
@@ -1319,45 +1404,9 @@ fn diag_at(
 }
 
 fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
-    // References to TLSContexts.
-    let contexts: BTreeSet<&str> = config
-        .tls_contexts
-        .iter()
-        .map(|t| t.meta.name.as_str())
-        .collect();
+    tls_refs::resolve(config, diagnostics);
     let mut bad_hosts = BTreeSet::new();
-    for h in &config.hosts {
-        if let Some(ctx) = &h.tls_context
-            && !contexts.contains(ctx.as_str())
-        {
-            diagnostics.push(diag_at(
-                &h.meta.origin,
-                Severity::Error,
-                Kind::Host,
-                &h.meta.name,
-                "tlsContext.name",
-                format!("no TLSContext named {ctx:?}"),
-            ));
-            bad_hosts.insert(h.meta.name.clone());
-        }
-    }
     let mut bad_mappings = BTreeSet::new();
-    for m in &config.mappings {
-        if let Action::Route(r) = &m.action
-            && let UpstreamTls::Context(ctx) = &r.target.tls
-            && !contexts.contains(ctx.as_str())
-        {
-            diagnostics.push(diag_at(
-                &m.meta.origin,
-                Severity::Error,
-                Kind::Mapping,
-                &m.meta.name,
-                "tls",
-                format!("no TLSContext named {ctx:?}"),
-            ));
-            bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
-        }
-    }
     // bypass_auth with nothing to bypass: harmless, but likely a missing AuthService.
     if config.auth_service.is_none() {
         for m in config.mappings.iter().filter(|m| m.bypass_auth) {
@@ -1370,36 +1419,6 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                 "there is no AuthService: bypass_auth has no effect".to_owned(),
             ));
         }
-    }
-    // The gateway services' upstream TLSContexts.
-    let services = [
-        config.auth_service.as_ref().map(|a| (&a.meta, &a.target)),
-        config
-            .rate_limit_service
-            .as_ref()
-            .map(|r| (&r.meta, &r.target)),
-    ];
-    let mut bad_services = BTreeSet::new();
-    for (meta, target) in services.into_iter().flatten() {
-        if let UpstreamTls::Context(ctx) = &target.tls
-            && !contexts.contains(ctx.as_str())
-        {
-            diagnostics.push(diag_at(
-                &meta.origin,
-                Severity::Error,
-                meta.kind,
-                &meta.name,
-                "spec.tls",
-                format!("no TLSContext named {ctx:?}"),
-            ));
-            bad_services.insert(meta.kind);
-        }
-    }
-    if bad_services.contains(&Kind::AuthService) {
-        config.auth_service = None;
-    }
-    if bad_services.contains(&Kind::RateLimitService) {
-        config.rate_limit_service = None;
     }
     // Listeners on one port.
     let mut ports: BTreeMap<u16, &Listener> = BTreeMap::new();
@@ -1417,7 +1436,7 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                     l.port, first.meta.name, first.meta.origin
                 ),
             ));
-            bad_listeners.insert(l.meta.name.clone());
+            bad_listeners.insert(qualified(&l.meta));
         }
     }
     // Hosts with the same hostname would make two virtual hosts with one domain.
@@ -1435,7 +1454,7 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                     h.hostname, first.meta.name, first.meta.origin
                 ),
             ));
-            bad_hosts.insert(h.meta.name.clone());
+            bad_hosts.insert(qualified(&h.meta));
         }
     }
     // Mappings that no Host serves never receive traffic: almost always a typo.
@@ -1463,7 +1482,7 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                         served.join(", ")
                     ),
                 ));
-                bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
+                bad_mappings.insert(qualified(&m.meta));
             }
         }
     }
@@ -1512,18 +1531,26 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                     ),
                 ));
                 for m in group {
-                    bad_mappings.insert((m.meta.namespace.clone(), m.meta.name.clone()));
+                    bad_mappings.insert(qualified(&m.meta));
                 }
             }
         }
     }
-    config.hosts.retain(|h| !bad_hosts.contains(&h.meta.name));
+    config
+        .hosts
+        .retain(|h| !bad_hosts.contains(&qualified(&h.meta)));
     config
         .listeners
-        .retain(|l| !bad_listeners.contains(&l.meta.name));
+        .retain(|l| !bad_listeners.contains(&qualified(&l.meta)));
     config
         .mappings
-        .retain(|m| !bad_mappings.contains(&(m.meta.namespace.clone(), m.meta.name.clone())));
+        .retain(|m| !bad_mappings.contains(&qualified(&m.meta)));
+}
+
+/// A resource's identity among those of its kind: names are unique per namespace only, so
+/// leaving out a bad one by name alone would take its namesakes in other namespaces too.
+fn qualified(meta: &Meta) -> (String, String) {
+    (meta.namespace.clone(), meta.name.clone())
 }
 
 /// What makes two Mappings compete for the same requests.

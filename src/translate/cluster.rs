@@ -175,7 +175,7 @@ fn cluster(
     let context = match &target.tls {
         UpstreamTls::Plain => None,
         UpstreamTls::Tls => Some(None),
-        UpstreamTls::Context(name) => Some(tls::context_by_name(config, name, None)),
+        UpstreamTls::Context(r) => Some(tls::upstream_context(config, r)),
     };
     if let Some(context) = context {
         let upstream = tls::upstream(sni.as_deref(), context, config, target.http2);

@@ -122,9 +122,8 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
 
     // Client certificates of the TLSContexts upstream clusters use.
     for target in cluster_names.keys() {
-        if let UpstreamTls::Context(name) = &target.tls
-            && let Some(secret) =
-                tls::context_by_name(config, name, None).and_then(|c| c.secret.as_deref())
+        if let UpstreamTls::Context(r) = &target.tls
+            && let Some(secret) = tls::upstream_context(config, r).and_then(|c| c.secret.as_deref())
         {
             secrets.insert(secret);
         }

@@ -136,8 +136,10 @@ fn cluster_base(target: &Target) -> String {
         UpstreamTls::Plain => {}
         UpstreamTls::Tls => name.push_str("_tls"),
         UpstreamTls::Context(context) => {
+            // The name alone: two contexts of one name in two namespaces collide, and
+            // collisions get a hash suffix (see `clusters`).
             name.push_str("_tls_");
-            push_sanitized(&mut name, context);
+            push_sanitized(&mut name, &context.name);
         }
     }
     if target.http2 {

@@ -40,7 +40,8 @@ use crate::config::{
 const TOTAL_WEIGHT: u64 = 100;
 
 /// Mappings served by one Envoy route: one Mapping, or several with the same match and
-/// weights (sorted by namespace and name; the first one's route settings apply).
+/// weights (sorted by namespace and name; the first one's route settings apply, which
+/// validation makes sure are every member's).
 #[derive(Debug, Clone)]
 pub(super) struct Group<'a> {
     members: Vec<&'a Mapping>,

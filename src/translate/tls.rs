@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     UpstreamTlsContext, secret, tls_parameters::TlsProtocol,
 };
 
-use crate::config::{Config, Host, TlsContext, TlsSecret, TlsVersion};
+use crate::config::{Config, ContextLookup, ContextRef, Host, TlsContext, TlsSecret, TlsVersion};
 
 /// How one Host terminates TLS: the secret holding its certificate and the TLSContext
 /// whose protocol settings apply, if any.
@@ -25,14 +25,18 @@ pub(super) struct HostTls<'a> {
 
 /// The TLS settings of `host`, or `None` when it serves cleartext only.
 ///
-/// The TLSContext is the one the Host names (preferring the Host's namespace), else the
-/// first whose `hosts` lists the Host's hostname. The certificate is the Host's
-/// `tlsSecret`, else that TLSContext's `secret`. A secret that `config.secrets` does not
-/// hold leaves the Host without TLS: validation reports it, and a listener that waited for
-/// a secret that never comes would never warm, taking every other Host down with it.
+/// The TLSContext is the one the Host names (resolved as validation does, see
+/// [`Config::tls_context`]), else the first whose `hosts` lists the Host's hostname. The
+/// certificate is the Host's `tlsSecret`, else that TLSContext's `secret`. A secret that
+/// `config.secrets` does not hold leaves the Host without TLS: validation reports it, and
+/// a listener that waited for a secret that never comes would never warm, taking every
+/// other Host down with it.
 pub(super) fn host_tls<'a>(config: &'a Config, host: &'a Host) -> Option<HostTls<'a>> {
     let context = match &host.tls_context {
-        Some(name) => context_by_name(config, name, Some(&host.meta.namespace)),
+        Some(name) => match config.tls_context(name, &host.meta.namespace) {
+            ContextLookup::Found(c) => Some(c),
+            ContextLookup::Missing | ContextLookup::Ambiguous(..) => None,
+        },
         None => {
             let domain = host.hostname.as_domain();
             config
@@ -51,18 +55,13 @@ pub(super) fn host_tls<'a>(config: &'a Config, host: &'a Host) -> Option<HostTls
         .then_some(HostTls { secret, context })
 }
 
-/// The TLSContext called `name`, preferring one in `namespace`; the lists are sorted by
-/// (namespace, name), so "first" is deterministic.
-pub(super) fn context_by_name<'a>(
-    config: &'a Config,
-    name: &str,
-    namespace: Option<&str>,
-) -> Option<&'a TlsContext> {
-    let mut named = config.tls_contexts.iter().filter(|c| c.meta.name == name);
-    let first = named.clone().next();
-    namespace
-        .and_then(|ns| named.find(|c| c.meta.namespace == ns))
-        .or(first)
+/// The TLSContext an upstream reference names. Validation resolved it to the context's
+/// own namespace, so this finds exactly that one.
+pub(super) fn upstream_context<'a>(config: &'a Config, r: &ContextRef) -> Option<&'a TlsContext> {
+    match config.tls_context(&r.name, &r.namespace) {
+        ContextLookup::Found(c) => Some(c),
+        ContextLookup::Missing | ContextLookup::Ambiguous(..) => None,
+    }
 }
 
 /// The DownstreamTlsContext of a TLS Host: its certificate by SDS, its TLSContext's

@@ -105,6 +105,11 @@ fn outlier_detection(o: &OutlierDetection) -> EnvoyOutlierDetection {
     EnvoyOutlierDetection {
         consecutive_5xx: n(o.consecutive_5xx),
         consecutive_gateway_failure: n(o.consecutive_gateway_failure),
+        // Envoy counts gateway failures but ejects on them only at this percentage, whose
+        // default is 0: without it the setting a user asked for never ejects a host.
+        enforcing_consecutive_gateway_failure: o
+            .consecutive_gateway_failure
+            .map(|_| UInt32Value { value: 100 }),
         interval: o.interval_ms.map(duration_ms),
         base_ejection_time: o.base_ejection_time_ms.map(duration_ms),
         max_ejection_percent: n(o.max_ejection_percent),

@@ -139,6 +139,20 @@ fn label(at: &At<raw::RawLabel>, field: &str, check: &mut Check<'_>) -> Option<R
         }
         "remote_address" | "source_cluster" | "destination_cluster" => {
             unused(check, &["key"]);
+            // Envoy sends these under a fixed descriptor key, their own name: any other
+            // key would be silently ignored and the RLS's rules for it never match.
+            if let Some(key) = &body.key
+                && key != kind
+            {
+                check.error(
+                    at,
+                    &format!("{field}.{kind}.key"),
+                    format!(
+                        "Envoy always sends {kind} under the descriptor key {kind:?}, not \
+                         {key:?}: remove `key` or set it to {kind:?}"
+                    ),
+                );
+            }
             match kind.as_str() {
                 "remote_address" => RateLimitAction::RemoteAddress,
                 "source_cluster" => RateLimitAction::SourceCluster,

@@ -46,8 +46,20 @@ fn target(
             );
             UpstreamTls::Plain
         }
+        (Some(raw::TlsSetting::Enabled(true) | raw::TlsSetting::Context(_)), Some(false)) => {
+            check.error(
+                service,
+                "tls",
+                "`tls` contradicts the `http://` service: use `https://` (or drop the scheme)",
+            );
+            UpstreamTls::Plain
+        }
         (Some(raw::TlsSetting::Enabled(true)), _) | (None, Some(true)) => UpstreamTls::Tls,
-        (Some(raw::TlsSetting::Context(name)), _) => UpstreamTls::Context(name.clone()),
+        // Resolved to the TLSContext's own namespace once all are known (`tls_refs`).
+        (Some(raw::TlsSetting::Context(name)), _) => UpstreamTls::Context(ContextRef {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+        }),
         _ => UpstreamTls::Plain,
     };
     Some(Target {

@@ -1,0 +1,124 @@
+//! References to TLSContexts by name: a Host's `tlsContext.name`, and the `tls: NAME` of
+//! Mappings, the AuthService and the RateLimitService.
+//!
+//! Every one resolves by the same rule ([`Config::tls_context`]): the TLSContext of that
+//! name in the referrer's namespace, else the only one of that name anywhere. A name that
+//! matches nothing, or several TLSContexts in other namespaces, is an error naming them,
+//! and the referrer is left out. Upstream references are rewritten to the namespace of
+//! the TLSContext they resolved to, so translation finds exactly that one.
+
+use std::collections::BTreeSet;
+
+use super::{Diagnostic, diag_at, qualified};
+use crate::config::diag::Severity;
+use crate::config::model::{Action, Config, ContextLookup, ContextRef, Meta, Target, UpstreamTls};
+
+/// Resolves every TLSContext reference of `config`, leaving out the resources whose
+/// reference does not resolve.
+pub(super) fn resolve(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
+    let mut bad_hosts = BTreeSet::new();
+    for h in &config.hosts {
+        if let Some(name) = &h.tls_context
+            && let Err(why) = lookup(config, name, &h.meta.namespace)
+        {
+            diagnostics.push(error(&h.meta, "tlsContext.name", why));
+            bad_hosts.insert(qualified(&h.meta));
+        }
+    }
+    config
+        .hosts
+        .retain(|h| !bad_hosts.contains(&qualified(&h.meta)));
+
+    // Resolve first (reading the TLSContexts), then rewrite the references.
+    let resolved = |target: &Target, meta: &Meta| match &target.tls {
+        UpstreamTls::Context(r) => lookup(config, &r.name, &meta.namespace).map(Some),
+        _ => Ok(None),
+    };
+    let mappings: Vec<Resolved> = config
+        .mappings
+        .iter()
+        .map(|m| match &m.action {
+            Action::Route(r) => resolved(&r.target, &m.meta),
+            Action::Redirect(_) => Ok(None),
+        })
+        .collect();
+    let auth = config
+        .auth_service
+        .as_ref()
+        .map(|a| resolved(&a.target, &a.meta));
+    let rls = config
+        .rate_limit_service
+        .as_ref()
+        .map(|r| resolved(&r.target, &r.meta));
+
+    let mut results = mappings.into_iter();
+    config.mappings.retain_mut(|m| {
+        let Action::Route(r) = &mut m.action else {
+            results.next();
+            return true;
+        };
+        match results.next() {
+            Some(Ok(Some(context))) => {
+                r.target.tls = UpstreamTls::Context(context);
+                true
+            }
+            Some(Err(why)) => {
+                diagnostics.push(error(&m.meta, "tls", why));
+                false
+            }
+            Some(Ok(None)) | None => true,
+        }
+    });
+    if let (Some(result), Some(a)) = (auth, config.auth_service.as_mut()) {
+        match result {
+            Ok(Some(context)) => a.target.tls = UpstreamTls::Context(context),
+            Ok(None) => {}
+            Err(why) => {
+                diagnostics.push(error(&a.meta, "spec.tls", why));
+                config.auth_service = None;
+            }
+        }
+    }
+    if let (Some(result), Some(r)) = (rls, config.rate_limit_service.as_mut()) {
+        match result {
+            Ok(Some(context)) => r.target.tls = UpstreamTls::Context(context),
+            Ok(None) => {}
+            Err(why) => {
+                diagnostics.push(error(&r.meta, "spec.tls", why));
+                config.rate_limit_service = None;
+            }
+        }
+    }
+}
+
+/// A reference resolved: `None` for a target with no TLSContext, or why it resolves to
+/// none.
+type Resolved = Result<Option<ContextRef>, String>;
+
+fn error(referrer: &Meta, field: &str, message: String) -> Diagnostic {
+    diag_at(
+        &referrer.origin,
+        Severity::Error,
+        referrer.kind,
+        &referrer.name,
+        field,
+        message,
+    )
+}
+
+/// The TLSContext `name` that a resource in `namespace` means, or why there is none.
+fn lookup(config: &Config, name: &str, namespace: &str) -> Result<ContextRef, String> {
+    match config.tls_context(name, namespace) {
+        ContextLookup::Found(c) => Ok(ContextRef {
+            namespace: c.meta.namespace.clone(),
+            name: c.meta.name.clone(),
+        }),
+        ContextLookup::Missing => Err(format!("no TLSContext named {name:?}")),
+        ContextLookup::Ambiguous(a, b) => Err(format!(
+            "no TLSContext named {name:?} in namespace {namespace:?}, and several in others: \
+             in {:?} at {} and in {:?} at {}; create one in {namespace:?} or give the others \
+             distinct names",
+            a.meta.namespace, a.meta.origin, b.meta.namespace, b.meta.origin,
+        )),
+    }
+}
