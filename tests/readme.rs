@@ -308,3 +308,50 @@ fn the_walkthrough_is_found_and_pairs_outputs_with_commands() {
     assert_eq!(steps[0].expected.as_deref(), Some("a\n"));
     assert_eq!(steps[1].expected, None);
 }
+
+/// Every YAML example in README.md's configuration reference, together, is a revision
+/// `attache validate` accepts: the reference cannot show a field attache rejects.
+#[test]
+fn the_configuration_reference_examples_validate() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## Configuration reference")
+        .expect("README.md has a configuration reference");
+    let section = &readme[start..];
+    let section = section[3..]
+        .find("\n## ")
+        .map_or(section, |end| &section[..end + 3]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut examples = 0;
+    let mut rest = section;
+    while let Some(open) = rest.find("```yaml\n") {
+        let body = &rest[open + "```yaml\n".len()..];
+        let close = body.find("```").expect("a closed yaml block");
+        examples += 1;
+        fs::write(
+            dir.path().join(format!("example-{examples:02}.yaml")),
+            &body[..close],
+        )
+        .expect("write example");
+        rest = &body[close + 3..];
+    }
+    assert!(examples >= 8, "only {examples} YAML examples found");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("run attache validate");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "the README's examples are rejected:\n{report}"
+    );
+    assert!(report.contains("0 errors"), "{report}");
+}
