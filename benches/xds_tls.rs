@@ -51,7 +51,13 @@ fn make(dir: &Path, name: &str, kind: &str, issuer: Option<&str>) {
     cmd.args(["req", "-x509", "-config"])
         .arg(dir.join("openssl.cnf"))
         .args(["-extensions", kind, "-newkey", "ec"])
-        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
         .args(["-subj", &format!("/CN={name}")])
         .arg("-keyout")
         .arg(dir.join(format!("{name}.key")))
