@@ -291,7 +291,18 @@ fn assert_refused(envoy: &EnvoyProcess, server: &Server, node_id: &str) {
     ] {
         assert_eq!(stat(envoy, name), 0, "{name} of {node_id}\n{}", envoy.log());
     }
-    assert_eq!(stat(envoy, "control_plane.connected_state"), 0, "{node_id}");
+    // Envoy flags the stream connected while it opens it, and clears the flag when the
+    // connection fails: between retries it reads 0.
+    let disconnected = tokio::task::block_in_place(|| {
+        envoy.eventually(WAIT, || {
+            envoy.stat("control_plane.connected_state") == Some(0)
+        })
+    });
+    assert!(
+        disconnected,
+        "{node_id} shows no connection\n{}",
+        envoy.log()
+    );
     assert!(
         server.store.node(node_id).is_none(),
         "attache opened no stream for {node_id}"
