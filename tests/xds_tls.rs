@@ -549,6 +549,139 @@ async fn a_rotated_server_certificate_serves_new_connections_without_a_restart()
     server.stop().await;
 }
 
+/// `attache serve` itself with the TLS flags: a client with a certificate from the CA
+/// completes a handshake (ALPN h2) and reaches the HTTP/2 server; a plaintext client
+/// does not, and `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_tls_takes_a_client_certificate_and_counts_a_plaintext_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !openssl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path());
+    pki.make("ca", "ca", None);
+    pki.make("server", "server", Some("ca"));
+    pki.make("edge", "client", Some("ca"));
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).expect("mkdir");
+    std::fs::write(
+        config.join("gateway.yaml"),
+        util::gateway_yaml(8080, "/", "echo:80"),
+    )
+    .expect("write config");
+    let (xds_port, admin_port) = (util::free_port(), util::free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .args(["--endpoints", "dns"])
+        .arg("--xds-tls-cert")
+        .arg(pki.crt("server"))
+        .arg("--xds-tls-key")
+        .arg(pki.key("server"))
+        .arg("--xds-client-ca")
+        .arg(pki.crt("ca"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn attache serve");
+    let _serve = KillOnDrop(child);
+    let xds = SocketAddr::from(([127, 0, 0, 1], xds_port));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(xds).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attache serve did not listen on {xds}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    // With the certificate: TLS, h2, and the server's SETTINGS frame back.
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&pki, "edge", "ca"));
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("name");
+    let tcp = tokio::net::TcpStream::connect(xds).await.expect("connect");
+    let mut tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake with a client certificate");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(PREFACE).await.expect("preface");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut frame))
+        .await
+        .expect("SETTINGS in time")
+        .expect("SETTINGS");
+    assert_eq!(frame[3], 4, "an HTTP/2 SETTINGS frame");
+
+    // Plaintext HTTP/2: at most a TLS alert (record type 21), never HTTP/2.
+    let mut plain = tokio::net::TcpStream::connect(xds).await.expect("connect");
+    plain.write_all(PREFACE).await.expect("preface");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut reply)).await;
+    assert!(
+        reply.is_empty() || reply[0] == 21,
+        "a plaintext client got {reply:?}"
+    );
+    let mut counted = String::new();
+    let ok = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+            if let Ok(resp) = util::http_get(admin, "localhost", "/metrics", &[]) {
+                counted = resp.body_text();
+                if counted
+                    .contains("attache_xds_tls_handshake_failures_total{reason=\"not_tls\"} 1")
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    assert!(ok, "the plaintext client is not counted:\n{counted}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A rustls client presenting `client`'s certificate and trusting `ca`.
+fn rustls_client(pki: &Pki, client: &str, ca: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.crt(ca)).expect("ca file") {
+        roots.add(cert.expect("ca pem")).expect("ca");
+    }
+    let chain = CertificateDer::pem_file_iter(pki.crt(client))
+        .expect("client cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("client pem");
+    let key = PrivateKeyDer::from_pem_file(pki.key(client)).expect("client key");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 /// `attache serve` with a TLS file it cannot use stops at once and names the file.
 #[test]
 fn serve_with_a_wrong_tls_file_fails_at_start_naming_it() {
