@@ -379,3 +379,40 @@ fn a_key_the_server_does_not_accept_fails_authentication() {
         sshd.log()
     );
 }
+
+/// `ssh://host/repo` without `user@`: libgit2 asks for a user name before the key;
+/// attache answers `git` (what hosting services expect) and then offers the key, rather
+/// than asking for an `--ssh-key` that was given. This server lets in only the current
+/// user, so the login as `git` is refused, by name.
+#[test]
+fn a_url_without_a_user_logs_in_as_git_with_the_key() {
+    if !sshd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("client_key");
+    keygen(&key);
+    let sshd_dir = dir.path().join("sshd");
+    std::fs::create_dir(&sshd_dir).expect("mkdir");
+    let sshd = Sshd::start(&sshd_dir, &key);
+    let repo = repo(dir.path());
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, sshd.known_hosts_line(&sshd.host_key())).expect("write");
+    let url = format!("ssh://127.0.0.1:{}{}", sshd.port, repo.display());
+    let err = source(&url, &dir.path().join("state"), &key, &known_hosts)
+        .poll()
+        .expect_err("only the current user may log in");
+    let text = err.to_string();
+    assert!(
+        text.contains("authentication failed")
+            && text.contains(&key.display().to_string())
+            && text.contains("for user git"),
+        "{text}\nsshd log:\n{}",
+        sshd.log()
+    );
+    assert!(
+        sshd.log().contains("Invalid user git"),
+        "the server saw a login as git:\n{}",
+        sshd.log()
+    );
+}

@@ -28,6 +28,9 @@ use super::{Poll, Revision, Schedule, Source};
 use crate::config::{Diagnostic, ResourceRef, Severity, SourceFile, yaml::Limits};
 use crate::pipeline::RevisionMeta;
 
+/// The SSH user when the URL names none (`ssh://host/repo`), as hosting services expect.
+const DEFAULT_SSH_USER: &str = "git";
+
 /// What to follow in the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
@@ -241,6 +244,11 @@ impl GitSource {
         let tries = Cell::new(0u32);
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(move |_url, username, allowed| {
+            // A URL without `user@` makes libgit2 ask for the SSH user name first; `git`
+            // is the one hosting services expect. Not a try: the key comes next.
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(username.unwrap_or(DEFAULT_SSH_USER));
+            }
             // libgit2 asks again after a refused credential; a second ask means the
             // first was wrong, and asking forever would hang the poll.
             tries.set(tries.get() + 1);
@@ -260,7 +268,7 @@ impl GitSource {
             if allowed.contains(CredentialType::SSH_KEY)
                 && let Some(key) = &ssh_key
             {
-                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+                return Cred::ssh_key(username.unwrap_or(DEFAULT_SSH_USER), None, key, None);
             }
             if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
                 && let Some(token) = &token
