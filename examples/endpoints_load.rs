@@ -108,6 +108,7 @@ fn server(args: &Args) {
     let config = ServeConfig {
         source: SourceConfig::Dir(dir),
         xds_addr,
+        xds_tls: None,
         state_dir,
         canary: None,
         canary_bake: Duration::from_secs(10),

@@ -122,6 +122,13 @@ force-push is followed. An unreachable remote keeps the last revision serving an
 retried with backoff. POST /webhook on the admin address (with --webhook-secret-file)
 triggers a poll at once.
 
+With --xds-tls-cert, --xds-tls-key and --xds-client-ca, ADS is served over TLS (ALPN h2)
+and every client must present a certificate that chains to --xds-client-ca: the stream
+carries private keys. The three files are read at start (a wrong one stops attache) and
+again when they change, so a rotated certificate is used for new connections without a
+restart; a broken rotation keeps the previous set. Refused handshakes are logged with the
+peer address and counted in attache_xds_tls_handshake_failures_total{reason}.
+
 With --canary, a new snapshot goes to the matching nodes first; once every connected
 canary has ACKed it and --canary-bake has passed without a NACK, it goes to all nodes. A
 canary NACK halts the rollout: the fleet stays on the previous version.
@@ -165,7 +172,16 @@ endpoints and secrets) from attache over ADS. Run Envoy on it:
       --admin-port 9901 > envoy.yaml
   envoy -c envoy.yaml
 
---metadata KEY=VALUE sets node metadata, which `serve --canary metadata.KEY=VALUE` matches.";
+--metadata KEY=VALUE sets node metadata, which `serve --canary metadata.KEY=VALUE` matches.
+
+For an attache serving ADS over TLS (`serve --xds-tls-cert`), give Envoy a client
+certificate signed by a CA in attache's --xds-client-ca, and the CA of attache's
+certificate. Envoy reads the files itself (the key never enters the bootstrap) and checks
+that attache's certificate names --xds-server-name (default: the host of --xds-address):
+
+  attache bootstrap --node-id edge-1 --cluster edge --xds-address attache.gw.svc:18000 \\
+      --xds-tls-cert /etc/envoy/xds/tls.crt --xds-tls-key /etc/envoy/xds/tls.key \\
+      --xds-ca /etc/envoy/xds/ca.crt > envoy.yaml";
 
 #[derive(Debug, Parser)]
 #[command(name = "attache", version, about = "A GitOps control plane for Envoy", long_about = LONG_ABOUT)]
@@ -259,6 +275,17 @@ struct ServeArgs {
     /// Where the ADS server listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     xds_addr: SocketAddr,
+    /// Serve ADS over TLS with this certificate chain (PEM, leaf first). Requires
+    /// --xds-tls-key and --xds-client-ca; the files are re-read when they change.
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_key", "xds_client_ca"])]
+    xds_tls_cert: Option<PathBuf>,
+    /// The private key of --xds-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_cert", "xds_client_ca"])]
+    xds_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that Envoy's client certificates must chain to; a client
+    /// without one is refused (the ADS stream carries private keys).
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_cert", "xds_tls_key"])]
+    xds_client_ca: Option<PathBuf>,
     /// Where the admin server listens: /healthz, /readyz, /metrics, /diag, /api/v1/,
     /// POST /webhook. Loopback by default; it shows the whole configuration, so bind a
     /// public address only on purpose.
@@ -319,6 +346,20 @@ struct BootstrapArgs {
     /// Node metadata, KEY=VALUE (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     metadata: Vec<(String, String)>,
+    /// Connect to attache over TLS with this client certificate (PEM, a path Envoy
+    /// reads). Requires --xds-tls-key and --xds-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_key", "xds_ca"])]
+    xds_tls_cert: Option<String>,
+    /// The private key of --xds-tls-cert (PEM, a path Envoy reads; never inlined).
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_cert", "xds_ca"])]
+    xds_tls_key: Option<String>,
+    /// CA certificates (PEM, a path Envoy reads) that attache's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires_all = ["xds_tls_cert", "xds_tls_key"])]
+    xds_ca: Option<String>,
+    /// The name attache's certificate must carry (SAN) and the SNI sent; default: the
+    /// host of --xds-address.
+    #[arg(long, value_name = "NAME", requires = "xds_ca")]
+    xds_server_name: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Yaml)]
     format: OutputFormat,
@@ -615,9 +656,18 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
         }),
         (None, None) => unreachable!("clap requires --dir or --git"),
     };
+    let xds_tls = match (&args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(attache::xds::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        }),
+        _ => None,
+    };
     let config = attache::serve::ServeConfig {
         source,
         xds_addr: args.xds_addr,
+        xds_tls,
         state_dir: args.state_dir.clone(),
         canary: args.canary.clone(),
         canary_bake: args.canary_bake,
@@ -759,15 +809,27 @@ fn diff(args: &DiffArgs) -> anyhow::Result<u8> {
 // === bootstrap ===
 
 fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<u8> {
-    let bootstrap =
-        attache::xds::bootstrap::ads_bootstrap(&attache::xds::bootstrap::BootstrapConfig {
+    use attache::xds::bootstrap::{BootstrapConfig, ClientTls, ads_bootstrap_with_tls};
+    let tls = match (&args.xds_tls_cert, &args.xds_tls_key, &args.xds_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(ClientTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            server_name: args.xds_server_name.clone(),
+        }),
+        _ => None,
+    };
+    let bootstrap = ads_bootstrap_with_tls(
+        &BootstrapConfig {
             node_id: args.node_id.clone(),
             cluster: args.cluster.clone(),
             metadata: args.metadata.iter().cloned().collect(),
             xds_address: args.xds_address.clone(),
             delta: args.delta,
             admin_port: args.admin_port,
-        })?;
+        },
+        tls.as_ref(),
+    )?;
     let format = match args.format {
         OutputFormat::Yaml => render::Format::Yaml,
         OutputFormat::Json => render::Format::Json,

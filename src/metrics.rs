@@ -53,6 +53,7 @@ pub struct Metrics {
     publish_to_ack: Family<TypeLabels, Histogram>,
     connected_nodes: Gauge,
     streams: Gauge,
+    xds_tls_handshake_failures: Family<TlsFailureLabels, Counter>,
     /// What [`FleetCollector`] shows, refreshed from the store on each scrape.
     fleet: Arc<Mutex<Fleet>>,
     /// Held for a whole scrape, so two concurrent scrapes never interleave one's refresh
@@ -94,6 +95,11 @@ struct ReasonLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TypeLabels {
     type_url: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TlsFailureLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -150,6 +156,7 @@ impl Metrics {
             publish_to_ack: Family::new_with_constructor(ack_buckets),
             connected_nodes: Gauge::default(),
             streams: Gauge::default(),
+            xds_tls_handshake_failures: Family::default(),
             fleet: Arc::new(Mutex::new(Fleet {
                 serving: None,
                 rollout: "idle",
@@ -215,6 +222,11 @@ impl Metrics {
             metrics.connected_nodes.clone(),
         );
         registry.register("xds_streams", "Open ADS streams", metrics.streams.clone());
+        registry.register(
+            "xds_tls_handshake_failures",
+            "TLS handshakes on the xDS port that failed, by reason (no or untrusted client certificate, not TLS, ...)",
+            metrics.xds_tls_handshake_failures.clone(),
+        );
         registry.register_collector(Box::new(FleetCollector(metrics.fleet.clone())));
         // Zero series up front, so rates and alerts work before the first event.
         for kind in ResourceType::ALL {
@@ -224,6 +236,15 @@ impl Metrics {
             drop(metrics.responses_sent.get_or_create(&labels));
             drop(metrics.acks.get_or_create(&labels));
             drop(metrics.nacks.get_or_create(&labels));
+        }
+        for failure in crate::xds::tls::Failure::ALL {
+            drop(
+                metrics
+                    .xds_tls_handshake_failures
+                    .get_or_create(&TlsFailureLabels {
+                        reason: failure.label(),
+                    }),
+            );
         }
         for reason in [Reason::invalid, Reason::failed] {
             drop(
@@ -308,6 +329,13 @@ impl Metrics {
                 .get_or_create(&types(kind))
                 .observe(latency.as_secs_f64());
         }
+    }
+
+    /// A TLS handshake on the xDS port failed for `reason` (a `tls::Failure` label).
+    pub fn xds_tls_handshake_failed(&self, reason: &'static str) {
+        self.xds_tls_handshake_failures
+            .get_or_create(&TlsFailureLabels { reason })
+            .inc();
     }
 
     /// A node rejected a response of type `kind`.

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub source: SourceConfig,
     /// Where the ADS server listens.
     pub xds_addr: SocketAddr,
+    /// TLS with client certificates on the ADS port; `None` serves plaintext.
+    pub xds_tls: Option<xds::tls::TlsFiles>,
     /// Where the last good snapshot (and the git clone) is kept.
     pub state_dir: PathBuf,
     /// Which nodes get new snapshots first.
@@ -101,6 +103,9 @@ pub enum Error {
     /// The ADS server failed.
     #[error(transparent)]
     Xds(#[from] xds::Error),
+    /// The ADS port's TLS files cannot be used.
+    #[error(transparent)]
+    XdsTls(#[from] xds::tls::Error),
     /// The admin address could not be bound.
     #[error(transparent)]
     Admin(#[from] admin::Error),
@@ -111,10 +116,18 @@ pub enum Error {
 /// # Errors
 ///
 /// [`Error::NothingToServe`] at start when neither the source nor the state dir has
-/// anything to serve; [`Error::Bind`] when the xDS address is taken; [`Error::Xds`] when
-/// the server fails.
+/// anything to serve; [`Error::Bind`] when the xDS address is taken; [`Error::XdsTls`]
+/// when a TLS file is wrong; [`Error::Xds`] when the server fails.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
+    // First: a wrong certificate is a mistake in the command line, found before a clone.
+    let xds_tls = match &config.xds_tls {
+        Some(files) => Some(xds::tls::Acceptor::load(
+            files.clone(),
+            Some(metrics.clone()),
+        )?),
+        None => None,
+    };
     let store = Arc::new(Store::new(StoreConfig {
         state_dir: Some(config.state_dir.clone()),
         canary: config.canary.clone(),
@@ -216,7 +229,16 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             source,
         })?;
     tracing::info!(addr = %config.xds_addr, source = source_name, "serving xDS");
-    let server = tokio::spawn(xds::serve(listener, store.clone(), shutdown.clone()));
+    let xds_config = xds::Config {
+        tls: xds_tls,
+        ..xds::Config::default()
+    };
+    let server = tokio::spawn(xds::serve_with(
+        listener,
+        store.clone(),
+        xds_config,
+        shutdown.clone(),
+    ));
     let follow = tokio::spawn(pipeline.run(source, wake, shutdown.clone()));
     let result = match server.await {
         Ok(result) => result.map_err(Error::from),

@@ -13,8 +13,9 @@
 //! be listed in; there is no "accept any key" mode) or an HTTPS token read from a file on
 //! every fetch, so a rotated Kubernetes Secret takes effect without a restart.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, FetchOptions, Oid,
@@ -26,6 +27,9 @@ use super::known_hosts::KnownHosts;
 use super::{Poll, Revision, Schedule, Source};
 use crate::config::{Diagnostic, ResourceRef, Severity, SourceFile, yaml::Limits};
 use crate::pipeline::RevisionMeta;
+
+/// The SSH user when the URL names none (`ssh://host/repo`), as hosting services expect.
+const DEFAULT_SSH_USER: &str = "git";
 
 /// What to follow in the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +177,7 @@ impl GitSource {
     fn remote_head(&mut self, name: &str) -> Result<Oid, Error> {
         let url = self.config.url.clone();
         let reference = self.config.reference.clone();
-        let callbacks = self.callbacks()?;
+        let (callbacks, refused) = self.callbacks()?;
         let repo = self.repo()?;
         let mut remote = repo.remote_anonymous(&url).map_err(|e| Error::Connect {
             url: redact(&url),
@@ -183,7 +187,7 @@ impl GitSource {
             .connect_auth(Direction::Fetch, Some(callbacks), None)
             .map_err(|e| Error::Connect {
                 url: redact(&url),
-                message: e.message().to_owned(),
+                message: refused.why(&e),
             })?;
         let heads = connection.list().map_err(|e| Error::Connect {
             url: redact(&url),
@@ -202,7 +206,7 @@ impl GitSource {
 
     fn fetch(&mut self, refspecs: &[String]) -> Result<(), Error> {
         let url = self.config.url.clone();
-        let callbacks = self.callbacks()?;
+        let (callbacks, refused) = self.callbacks()?;
         let reference = self.config.reference.clone();
         let repo = self.repo()?;
         let mut remote = repo.remote_anonymous(&url).map_err(|e| Error::Connect {
@@ -218,11 +222,14 @@ impl GitSource {
             .map_err(|e| Error::Fetch {
                 url: redact(&url),
                 reference,
-                message: e.message().to_owned(),
+                message: refused.why(&e),
             })
     }
 
-    fn callbacks(&self) -> Result<RemoteCallbacks<'static>, Error> {
+    /// The callbacks of one connection, and where they note why they refused the host
+    /// key (libgit2 replaces that reason with its own "invalid or unknown remote ssh
+    /// hostkey", which tells the operator nothing).
+    fn callbacks(&self) -> Result<(RemoteCallbacks<'static>, HostKeyRefusal), Error> {
         let auth = &self.config.auth;
         let token = match &auth.https_token_file {
             Some(path) => Some(read_token(path)?),
@@ -237,16 +244,31 @@ impl GitSource {
         let tries = Cell::new(0u32);
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(move |_url, username, allowed| {
+            // A URL without `user@` makes libgit2 ask for the SSH user name first; `git`
+            // is the one hosting services expect. Not a try: the key comes next.
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(username.unwrap_or(DEFAULT_SSH_USER));
+            }
             // libgit2 asks again after a refused credential; a second ask means the
             // first was wrong, and asking forever would hang the poll.
             tries.set(tries.get() + 1);
             if tries.get() > 1 {
-                return Err(git2::Error::from_str("authentication failed"));
+                let offered = match (&ssh_key, &token) {
+                    (Some(key), _) if allowed.contains(CredentialType::SSH_KEY) => {
+                        format!("the SSH key {}", key.display())
+                    }
+                    (_, Some(_)) => "the HTTPS token".to_owned(),
+                    _ => "the credentials".to_owned(),
+                };
+                return Err(git2::Error::from_str(&format!(
+                    "authentication failed: the remote refused {offered} for user {}",
+                    username.unwrap_or("?")
+                )));
             }
             if allowed.contains(CredentialType::SSH_KEY)
                 && let Some(key) = &ssh_key
             {
-                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+                return Cred::ssh_key(username.unwrap_or(DEFAULT_SSH_USER), None, key, None);
             }
             if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
                 && let Some(token) = &token
@@ -257,26 +279,36 @@ impl GitSource {
                 "the remote asks for credentials: give --ssh-key (SSH) or --https-token-file (HTTPS)",
             ))
         });
+        let refusal = HostKeyRefusal::default();
+        let noted = refusal.clone();
         callbacks.certificate_check(move |cert, host| {
             let Some(hostkey) = cert.as_hostkey() else {
                 // TLS certificates: libgit2's own verification against the system roots.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
-            let Some(known) = &known_hosts else {
-                return Err(git2::Error::from_str(&format!(
+            let checked = match &known_hosts {
+                None => Err(format!(
                     "refusing the SSH host key of {host}: no --known-hosts file to check it against"
-                )));
+                )),
+                Some(known) => match hostkey.hostkey() {
+                    None => Err(format!("{host} presented no SSH host key")),
+                    Some(key) => {
+                        let key_type = hostkey.hostkey_type().map_or("unknown", |t| t.name());
+                        known
+                            .check(host, port, key_type, key)
+                            .map_err(|e| e.to_string())
+                    }
+                },
             };
-            let key_type = hostkey.hostkey_type().map_or("unknown", |t| t.name());
-            let key = hostkey
-                .hostkey()
-                .ok_or_else(|| git2::Error::from_str("the server presented no host key"))?;
-            known
-                .check(host, port, key_type, key)
+            checked
                 .map(|()| CertificateCheckStatus::CertificateOk)
-                .map_err(|e| git2::Error::from_str(&e.to_string()))
+                .map_err(|why| {
+                    let error = git2::Error::from_str(&why);
+                    *noted.0.borrow_mut() = Some(why);
+                    error
+                })
         });
-        Ok(callbacks)
+        Ok((callbacks, refusal))
     }
 
     fn revision(&mut self, oid: Oid) -> Result<Revision, Error> {
@@ -285,6 +317,20 @@ impl GitSource {
         let source = self.describe();
         let repo = self.repo()?;
         read_commit(repo, oid, subdir.as_deref(), &limits, source)
+    }
+}
+
+/// Why the host key of a connection was refused, noted by its certificate check.
+#[derive(Debug, Clone, Default)]
+struct HostKeyRefusal(Rc<RefCell<Option<String>>>);
+
+impl HostKeyRefusal {
+    /// The message for `error`: the refusal when the host key was refused, else git's.
+    fn why(&self, error: &git2::Error) -> String {
+        match self.0.borrow().as_ref() {
+            Some(refused) => refused.clone(),
+            None => error.message().to_owned(),
+        }
     }
 }
 

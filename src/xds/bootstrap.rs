@@ -5,6 +5,11 @@
 //! (HTTP/2) to a static `xds_cluster`, state-of-the-world or delta. The only static
 //! resource is that cluster; the admin interface listens on loopback only.
 //!
+//! With [`ClientTls`] the ADS connection is TLS with a client certificate (what `attache
+//! serve --xds-tls-*` requires): Envoy reads its certificate, key and the CA that signed
+//! attache's certificate from files, so no key is ever part of the bootstrap text, and
+//! checks that attache's certificate names the server (a DNS name or an IP SAN).
+//!
 //! The function returns the protobuf; rendering it (JSON/YAML, or binary for a `*.pb`
 //! file, which Envoy reads as a binary proto) is the caller's business.
 
@@ -15,16 +20,21 @@ use std::time::Duration as StdDuration;
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService,
-    Http2ProtocolOptions, Node, SocketAddress, address, api_config_source, config_source,
-    grpc_service, socket_address,
+    Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource,
+    GrpcService, Http2ProtocolOptions, Node, SocketAddress, TransportSocket, address,
+    api_config_source, config_source, data_source, grpc_service, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Duration, Struct, Value, value};
 use envoy_types::util::pack_any;
 use prost::Name;
@@ -52,13 +62,47 @@ pub struct BootstrapConfig {
     pub admin_port: u16,
 }
 
+/// TLS from Envoy to attache (`attache bootstrap --xds-tls-cert ...`). Paths are written
+/// as they are given: they are where Envoy finds the files, which may be another machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Envoy's client certificate chain (PEM), signed by a CA in attache's
+    /// `--xds-client-ca`.
+    pub cert: String,
+    /// The private key of `cert` (PEM).
+    pub key: String,
+    /// The CA certificates (PEM) attache's server certificate must chain to.
+    pub ca: String,
+    /// The name attache's certificate must carry as a SAN, and the SNI sent (a DNS name;
+    /// an IP is matched as an IP SAN and sends no SNI). Default: the host of the xDS
+    /// address.
+    pub server_name: Option<String>,
+}
+
 /// Builds the bootstrap for one node.
 ///
 /// # Errors
 ///
 /// [`Error::InvalidAddress`] when `xds_address` is not `HOST:PORT`.
 pub fn ads_bootstrap(config: &BootstrapConfig) -> Result<Bootstrap> {
+    ads_bootstrap_with_tls(config, None)
+}
+
+/// [`ads_bootstrap`], with the ADS connection over TLS when `tls` is given.
+///
+/// # Errors
+///
+/// [`Error::InvalidAddress`] when `xds_address` is not `HOST:PORT`;
+/// [`Error::InvalidServerName`] when the server name is empty or holds blanks.
+pub fn ads_bootstrap_with_tls(
+    config: &BootstrapConfig,
+    tls: Option<&ClientTls>,
+) -> Result<Bootstrap> {
     let (host, port) = split_host_port(&config.xds_address)?;
+    let mut xds_cluster = xds_cluster(&host, port);
+    if let Some(tls) = tls {
+        xds_cluster.transport_socket = Some(tls_socket(tls, &host)?);
+    }
     let ads_source = ConfigSource {
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
             AggregatedConfigSource {},
@@ -109,7 +153,7 @@ pub fn ads_bootstrap(config: &BootstrapConfig) -> Result<Bootstrap> {
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources {
-            clusters: vec![xds_cluster(&host, port)],
+            clusters: vec![xds_cluster],
             ..Default::default()
         }),
         dynamic_resources: Some(bootstrap::DynamicResources {
@@ -180,6 +224,59 @@ fn xds_cluster(host: &str, port: u16) -> Cluster {
         }),
         ..Default::default()
     }
+}
+
+/// The `envoy.transport_sockets.tls` socket of the xDS cluster: Envoy's certificate
+/// from files, attache's checked against `tls.ca` and the server name, ALPN `h2`.
+fn tls_socket(tls: &ClientTls, xds_host: &str) -> Result<TransportSocket> {
+    let name = tls.server_name.as_deref().unwrap_or(xds_host);
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(Error::InvalidServerName(name.to_owned()));
+    }
+    // SNI carries host names only (RFC 6066 section 3); an IP is matched as an IP SAN.
+    let (san_type, sni) = match name.parse::<IpAddr>() {
+        Ok(_) => (subject_alt_name_matcher::SanType::IpAddress, String::new()),
+        Err(_) => (subject_alt_name_matcher::SanType::Dns, name.to_owned()),
+    };
+    let file = |path: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file(&tls.cert)),
+                private_key: Some(file(&tls.key)),
+                ..Default::default()
+            }],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(file(&tls.ca)),
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: san_type as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                    name.to_owned(),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ),
+            alpn_protocols: vec!["h2".to_owned()],
+            ..Default::default()
+        }),
+        sni,
+        ..Default::default()
+    };
+    Ok(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    })
 }
 
 fn socket(host: &str, port: u16) -> Address {
@@ -284,6 +381,139 @@ mod tests {
             ))
         );
         assert!(ads_bootstrap(&config("[::1]:18000", false)).is_ok());
+    }
+
+    fn client_tls(server_name: Option<&str>) -> ClientTls {
+        ClientTls {
+            cert: "/etc/envoy/xds/tls.crt".into(),
+            key: "/etc/envoy/xds/tls.key".into(),
+            ca: "/etc/envoy/xds/ca.crt".into(),
+            server_name: server_name.map(str::to_owned),
+        }
+    }
+
+    /// The xds cluster's TLS context, decoded.
+    fn tls_context(b: Bootstrap) -> UpstreamTlsContext {
+        let cluster = b.static_resources.expect("static").clusters.remove(0);
+        let socket = cluster.transport_socket.expect("tls transport socket");
+        assert_eq!(socket.name, "envoy.transport_sockets.tls");
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = socket.config_type else {
+            panic!("typed config expected");
+        };
+        assert_eq!(
+            any.type_url,
+            format!("type.googleapis.com/{}", UpstreamTlsContext::full_name())
+        );
+        <UpstreamTlsContext as prost::Message>::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    fn san(context: &UpstreamTlsContext) -> (i32, String) {
+        let common = context.common_tls_context.as_ref().expect("common");
+        let Some(common_tls_context::ValidationContextType::ValidationContext(v)) =
+            &common.validation_context_type
+        else {
+            panic!("validation context expected");
+        };
+        assert_eq!(
+            v.trusted_ca.as_ref().and_then(|d| d.specifier.clone()),
+            Some(data_source::Specifier::Filename(
+                "/etc/envoy/xds/ca.crt".into()
+            ))
+        );
+        let [matcher] = v.match_typed_subject_alt_names.as_slice() else {
+            panic!("one SAN matcher");
+        };
+        let Some(string_matcher::MatchPattern::Exact(name)) = matcher
+            .matcher
+            .as_ref()
+            .and_then(|m| m.match_pattern.clone())
+        else {
+            panic!("exact matcher");
+        };
+        (matcher.san_type, name)
+    }
+
+    #[test]
+    fn tls_names_files_and_checks_the_server_name() {
+        let b = ads_bootstrap_with_tls(
+            &config("attache.gw.svc:18000", false),
+            Some(&client_tls(None)),
+        )
+        .expect("valid");
+        let context = tls_context(b);
+        assert_eq!(context.sni, "attache.gw.svc");
+        assert_eq!(
+            san(&context),
+            (
+                subject_alt_name_matcher::SanType::Dns as i32,
+                "attache.gw.svc".into()
+            )
+        );
+        let common = context.common_tls_context.expect("common");
+        assert_eq!(common.alpn_protocols, vec!["h2".to_owned()]);
+        let [cert] = common.tls_certificates.as_slice() else {
+            panic!("one client certificate");
+        };
+        // Files, never inline bytes: the key stays out of the bootstrap.
+        assert_eq!(
+            cert.private_key.as_ref().and_then(|d| d.specifier.clone()),
+            Some(data_source::Specifier::Filename(
+                "/etc/envoy/xds/tls.key".into()
+            ))
+        );
+        assert_eq!(
+            cert.certificate_chain
+                .as_ref()
+                .and_then(|d| d.specifier.clone()),
+            Some(data_source::Specifier::Filename(
+                "/etc/envoy/xds/tls.crt".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn tls_to_an_ip_matches_an_ip_san_without_sni() {
+        let b = ads_bootstrap_with_tls(&config("127.0.0.1:18000", false), Some(&client_tls(None)))
+            .expect("valid");
+        let context = tls_context(b);
+        assert_eq!(context.sni, "");
+        assert_eq!(
+            san(&context),
+            (
+                subject_alt_name_matcher::SanType::IpAddress as i32,
+                "127.0.0.1".into()
+            )
+        );
+        // An explicit name wins over the address.
+        let b = ads_bootstrap_with_tls(
+            &config("127.0.0.1:18000", false),
+            Some(&client_tls(Some("attache-xds"))),
+        )
+        .expect("valid");
+        let context = tls_context(b);
+        assert_eq!(context.sni, "attache-xds");
+        assert_eq!(
+            san(&context),
+            (
+                subject_alt_name_matcher::SanType::Dns as i32,
+                "attache-xds".into()
+            )
+        );
+        for bad in ["", "attache xds"] {
+            let err = ads_bootstrap_with_tls(
+                &config("127.0.0.1:18000", false),
+                Some(&client_tls(Some(bad))),
+            )
+            .expect_err(bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        // Without TLS the cluster is plaintext.
+        let b = ads_bootstrap(&config("127.0.0.1:18000", false)).expect("valid");
+        assert!(
+            b.static_resources.expect("static").clusters[0]
+                .transport_socket
+                .is_none()
+        );
     }
 
     #[test]

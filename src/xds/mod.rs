@@ -28,6 +28,7 @@ mod names;
 mod server;
 mod sotw;
 mod subscription;
+pub mod tls;
 mod transport;
 pub mod type_url;
 mod wire;
@@ -50,7 +51,7 @@ pub use transport::sent_bytes;
 /// Errors of the xDS stage.
 ///
 /// [`Error::Transport`] may be retried (restart the server); [`Error::InvalidAddress`]
-/// needs a fix from the user.
+/// and [`Error::InvalidServerName`] need a fix from the user.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The gRPC server stopped on a transport failure.
@@ -65,6 +66,9 @@ pub enum Error {
     /// An xDS server address is not `HOST:PORT`.
     #[error("invalid xds address {0:?}: expected HOST:PORT")]
     InvalidAddress(String),
+    /// The name attache's TLS certificate must carry is empty or holds blanks.
+    #[error("invalid xds server name {0:?}: expected a DNS name or an IP address")]
+    InvalidServerName(String),
 }
 
 /// The result type of the xDS stage.
@@ -96,6 +100,9 @@ pub struct Config {
     /// or larger than this) is encoded for the one response and freed once sent. 0
     /// disables sharing.
     pub response_cache_bytes: usize,
+    /// TLS with client-certificate verification (`--xds-tls-cert`, `--xds-tls-key`,
+    /// `--xds-client-ca`); `None` serves plaintext HTTP/2 (default).
+    pub tls: Option<tls::Acceptor>,
 }
 
 /// The per-request limits the protocol machines check.
@@ -117,6 +124,7 @@ impl Default for Config {
             first_request_timeout: Duration::from_secs(60),
             max_in_flight: 512,
             response_cache_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -163,7 +171,7 @@ pub async fn serve_with(
         .local_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_else(|_| "?".to_owned());
-    tracing::info!(%addr, "xds server listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), "xds server listening");
     let rollout = {
         let (store, token) = (store.clone(), shutdown.clone());
         tokio::spawn(async move { store.run_rollout(token).await })
@@ -176,15 +184,30 @@ pub async fn serve_with(
         cache: Arc::new(cache::ResponseCache::new(config.response_cache_bytes)),
         name_sets: Arc::default(),
     });
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        .add_service(service);
+    let result = match config.tls {
+        // Handshakes happen off the accept path (`tls::incoming`), so a client that
+        // stalls or fails one keeps nobody else from connecting.
+        Some(acceptor) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls::incoming(listener, acceptor, shutdown.clone()),
+                    shutdown.clone().cancelled_owned(),
+                )
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    shutdown.clone().cancelled_owned(),
+                )
+                .await
+        }
+    };
     rollout.abort();
     result.map_err(|source| Error::Transport { addr, source })
 }
