@@ -38,10 +38,12 @@ These commands work on a directory of YAML files, with no Envoy or cluster neede
 
   validate  check a config directory, report every problem as file:line:col
   render    print the Envoy resources a config directory becomes
+  diff      show what a change between two commits does to Envoy, route by route
 
 These run the control plane:
 
-  serve      serve a config directory to Envoy nodes over xDS (ADS, SotW and delta)
+  serve      serve a config directory or git repository to Envoy nodes over xDS
+             (ADS, SotW and delta)
   bootstrap  print an Envoy bootstrap that points at attache
 
 Examples:
