@@ -23,7 +23,7 @@ pub use policy::*;
 
 /// Kubernetes object metadata: the fields we use, and the ones a `kubectl get -o yaml`
 /// export carries that we accept and ignore.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     pub name: Option<At<String>>,
@@ -43,7 +43,7 @@ pub struct Metadata {
 }
 
 /// `Mapping` spec (v3alpha1; the v2 spellings `host` and `use_websocket` are accepted).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -101,7 +101,7 @@ pub struct MappingSpec {
 }
 
 /// `regex_rewrite: {pattern, substitution}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     pub pattern: String,
@@ -252,7 +252,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 }
 
 /// `Host` spec (v3alpha1; camelCase as in Emissary).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostSpec {
     #[serde(rename = "ambassador_id")]
@@ -267,7 +267,7 @@ pub struct HostSpec {
 }
 
 /// `tlsSecret: {name, namespace}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub name: String,
@@ -275,28 +275,28 @@ pub struct SecretRef {
 }
 
 /// `{name: ...}` references.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameRef {
     pub name: String,
 }
 
 /// `acmeProvider`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeProvider {
     pub authority: String,
 }
 
 /// `requestPolicy`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestPolicy {
     pub insecure: Option<InsecurePolicy>,
 }
 
 /// `requestPolicy.insecure`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InsecurePolicy {
     pub action: Option<At<String>>,
@@ -304,7 +304,7 @@ pub struct InsecurePolicy {
 }
 
 /// `Listener` spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerSpec {
     #[serde(rename = "ambassador_id")]
@@ -318,7 +318,7 @@ pub struct ListenerSpec {
 }
 
 /// `hostBinding`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostBindingSpec {
     pub namespace: Option<NamespaceBinding>,
@@ -326,14 +326,14 @@ pub struct HostBindingSpec {
 }
 
 /// `hostBinding.namespace`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceBinding {
     pub from: At<String>,
 }
 
 /// `hostBinding.selector`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default)]
@@ -341,7 +341,7 @@ pub struct LabelSelector {
 }
 
 /// `TLSContext` spec (snake_case as in Emissary).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsContextSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -377,7 +377,7 @@ impl<'de> Deserialize<'de> for CommaList {
 
 /// `Module` spec: only the `ambassador` Module exists; its settings are in
 /// [`ModuleConfig`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSpec {
     pub ambassador_id: Option<IgnoredAny>,
