@@ -113,8 +113,11 @@ fn revision(id: &str, files: &Files) -> Revision {
     }
 }
 
-/// Every resource as (type, name) -> (version, bytes), and the type versions.
-fn contents(snapshot: &Snapshot) -> (Vec<(ResourceType, String, String, Vec<u8>)>, Vec<String>) {
+/// One resource: type, name, version, bytes.
+type Entry = (ResourceType, String, String, Vec<u8>);
+
+/// Every resource, and the type versions.
+fn contents(snapshot: &Snapshot) -> (Vec<Entry>, Vec<String>) {
     let mut resources = Vec::new();
     let mut types = Vec::new();
     for kind in ResourceType::ALL {
