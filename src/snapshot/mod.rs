@@ -461,13 +461,34 @@ impl Snapshot {
                 (*kind, version)
             })
             .collect();
-        let by_cluster =
-            referenced_endpoints(types.get(&ResourceType::Cluster).map(Arc::as_ref), previous);
-        let references = Arc::new(References {
-            routes: referenced_routes(types.get(&ResourceType::Listener).map(Arc::as_ref)),
-            endpoints: by_cluster.values().cloned().collect(),
-            by_cluster,
-        });
+        // The same listeners and clusters as `previous` reference the same resources.
+        let same_as_previous = |kind: ResourceType| {
+            previous.is_some_and(|p| {
+                p.types
+                    .get(&kind)
+                    .zip(types.get(&kind))
+                    .is_some_and(|(old, new)| Arc::ptr_eq(old, new))
+            })
+        };
+        let references = match previous {
+            Some(p)
+                if same_as_previous(ResourceType::Cluster)
+                    && same_as_previous(ResourceType::Listener) =>
+            {
+                p.references.clone()
+            }
+            _ => {
+                let by_cluster = referenced_endpoints(
+                    types.get(&ResourceType::Cluster).map(Arc::as_ref),
+                    previous,
+                );
+                Arc::new(References {
+                    routes: referenced_routes(types.get(&ResourceType::Listener).map(Arc::as_ref)),
+                    endpoints: by_cluster.values().cloned().collect(),
+                    by_cluster,
+                })
+            }
+        };
         Snapshot {
             version,
             revision,
