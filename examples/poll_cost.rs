@@ -2,15 +2,19 @@
 //! repository costs to turn into a snapshot.
 //!
 //! ```sh
-//! cargo run --release --example poll_cost -- 10000
+//! cargo run --release --example poll_cost -- 10000 100
 //! ```
 //!
-//! It generates the `pipeline` benchmark's repository (N Mappings in 50 team
-//! directories), commits it to a bare repository served by `git daemon` on loopback, and
+//! It generates the `pipeline` benchmark's repository (N Mappings in F team files,
+//! default 100), commits it to a bare repository served by `git daemon` on loopback, and
 //! measures with attache's own `GitSource`:
 //! - an unchanged poll (one ref advertisement, nothing fetched, nothing parsed), 50 times;
 //! - a poll after a commit that changes one file (fetch plus reading the tree);
-//! - the stages that follow for that revision: parse + validate, translate, snapshot.
+//! - the stages that follow for that revision, cold: parse + validate, translate,
+//!   snapshot;
+//! - the steady state of `attache serve` (issue 4): a pipeline that built the previous
+//!   revision gets the next, one file changed, 20 commits in a row; from the revision
+//!   read to the snapshot published in the store.
 
 #[path = "../benches/support/generate.rs"]
 mod generate;
@@ -21,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use attache::config::{self, yaml::Limits};
 use attache::endpoints::Endpoints;
-use attache::snapshot::Snapshot;
+use attache::pipeline::Incremental;
+use attache::snapshot::{Snapshot, Store, StoreConfig};
 use attache::source::git::{Auth, GitConfig, GitSource, Reference};
 use attache::source::{Poll, Source};
 
@@ -76,13 +81,20 @@ fn main() {
                 .unwrap_or_else(|_| fail("usage: poll_cost MAPPINGS"))
         })
         .unwrap_or(10_000);
+    let file_count: usize = std::env::args()
+        .nth(2)
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| fail("usage: poll_cost MAPPINGS [FILES]"))
+        })
+        .unwrap_or(100);
     let tmp = std::env::temp_dir().join(format!("attache-poll-cost-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let (remote, work) = (tmp.join("remote.git"), tmp.join("work"));
     std::fs::create_dir_all(&work).unwrap_or_else(|e| fail(&e.to_string()));
     git(&tmp, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
     git(&work, &["init", "-q", "-b", "main"]);
-    let files = generate::repo(count);
+    let files = generate::repo_in(count, file_count);
     for (path, text) in &files {
         let path = work.join(path);
         if let Some(parent) = path.parent() {
@@ -194,6 +206,71 @@ fn main() {
         ms(encode),
         ms(parse + translate + encode),
         snapshot.len()
+    );
+
+    // The steady state: the pipeline's caches hold the revision before, the store
+    // holds its snapshot. Each commit changes one Mapping's prefix in one file.
+    let options = config::Options::default();
+    let endpoints = Endpoints::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let store = Store::new(StoreConfig::default());
+    let mut incremental = Incremental::default();
+    let publish = |incremental: &mut Incremental, revision: attache::source::Revision| {
+        let previous = store.latest();
+        let built = incremental.build(revision, &options, &endpoints, previous.as_deref());
+        let Ok((_, snapshot)) = built.result else {
+            fail("the generated repository must validate");
+        };
+        runtime
+            .block_on(store.publish(snapshot))
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        built.timings
+    };
+    publish(&mut incremental, *revision);
+    let mut totals = Vec::new();
+    let mut stages = Vec::new();
+    let mut reads = Vec::new();
+    for i in 0..20 {
+        // Team files only (index 0 holds the Hosts), a different one each time.
+        let (path, _) = &files[1 + (i * 7) % (files.len() - 1).max(1)];
+        let text =
+            std::fs::read_to_string(work.join(path)).unwrap_or_else(|e| fail(&e.to_string()));
+        // Toggle one Mapping's prefix, so every commit is a real one-line change.
+        let changed = if text.contains("/api-v2/") {
+            text.replacen("/api-v2/", "/api/", 1)
+        } else {
+            text.replacen("/api/", "/api-v2/", 1)
+        };
+        std::fs::write(work.join(path), changed).unwrap_or_else(|e| fail(&e.to_string()));
+        git(&work, &["commit", "-q", "-am", "one file"]);
+        git(
+            &work,
+            &["push", "-q", &remote.display().to_string(), "HEAD:main"],
+        );
+        let started = Instant::now();
+        let Ok(Poll::Changed(revision)) = source.poll() else {
+            fail("a pushed commit must poll as Changed");
+        };
+        reads.push(started.elapsed());
+        let started = Instant::now();
+        let timings = publish(&mut incremental, *revision);
+        totals.push(started.elapsed());
+        stages.push((timings.parse, timings.translate, timings.publish));
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "steady state, one file changed, 20 commits: read p50 {}; revision read -> snapshot published p50 {} (max {}); parse+validate p50 {}, translate p50 {}, snapshot p50 {}",
+        ms(median(reads)),
+        ms(median(totals.clone())),
+        ms(totals.iter().copied().max().unwrap_or_default()),
+        ms(median(stages.iter().map(|s| s.0).collect())),
+        ms(median(stages.iter().map(|s| s.1).collect())),
+        ms(median(stages.iter().map(|s| s.2).collect())),
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -6,9 +6,18 @@
 //! two runs measure the same input.
 
 /// One generated repository: files as (relative path, contents).
+// Each bench and example that includes this file uses one of `repo` and `repo_in`.
+#[allow(dead_code)]
 pub fn repo(mappings: usize) -> Vec<(String, String)> {
+    repo_in(mappings, 50)
+}
+
+/// Like [`repo`], the Mappings spread over `teams` files (issue 4's repository is 10k
+/// Mappings in 100 files).
+#[allow(dead_code)]
+pub fn repo_in(mappings: usize, teams: usize) -> Vec<(String, String)> {
     const HOSTS: usize = 8;
-    const TEAMS: usize = 50;
+    let teams = teams.max(1);
     let mut files = Vec::new();
 
     let mut hosts = String::new();
@@ -22,9 +31,9 @@ pub fn repo(mappings: usize) -> Vec<(String, String)> {
     );
     files.push(("hosts.yaml".to_owned(), hosts));
 
-    let per_team = mappings.div_ceil(TEAMS);
+    let per_team = mappings.div_ceil(teams);
     let mut made = 0;
-    for team in 0..TEAMS {
+    for team in 0..teams {
         let mut text = String::new();
         for i in 0..per_team {
             if made == mappings {

@@ -200,52 +200,50 @@ const KNOWN_KINDS: &[&str] = &[
 /// The annotation Emissary reads resources from.
 pub const CONFIG_ANNOTATION: &str = "getambassador.io/config";
 
-/// Parses every document of every file, decoding the ones that are gateway resources.
-/// Problems are pushed onto `diagnostics`; the resources that decoded are returned.
-pub fn parse_files(
-    files: &[SourceFile],
-    limits: &Limits,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<Parsed> {
+/// What one file parsed into: the resources that decoded and the problems found in it.
+/// It depends on the file's path and bytes alone, which is what lets `config::Cache`
+/// keep it for as long as the file does not change.
+#[derive(Debug, Default)]
+pub struct FileParse {
+    pub parsed: Vec<Parsed>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses every document of every file, decoding the ones that are gateway resources;
+/// one [`FileParse`] per file, in the order of `files`.
+pub fn parse_each(files: &[&SourceFile], limits: &Limits) -> Vec<FileParse> {
     let total: usize = files.iter().map(|f| f.bytes.len()).sum();
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_PARSE_THREADS)
         .min(files.len());
     if total < PARALLEL_FROM_BYTES || workers < 2 {
-        let mut parsed = Vec::new();
-        parse_some(files, limits, diagnostics, &mut parsed);
-        return parsed;
+        return files.iter().map(|f| parse_file(f, limits)).collect();
     }
     // Files are independent, so big revisions parse on every core. Each worker takes a
     // contiguous run of files of about equal size and results are joined in file order,
     // so the output does not depend on scheduling.
     let chunks = contiguous_chunks(files, workers, total);
-    let results: Vec<(Vec<Parsed>, Vec<Diagnostic>)> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
                 scope.spawn(move || {
-                    let (mut parsed, mut diagnostics) = (Vec::new(), Vec::new());
-                    parse_some(chunk, limits, &mut diagnostics, &mut parsed);
-                    (parsed, diagnostics)
+                    chunk
+                        .iter()
+                        .map(|f| parse_file(f, limits))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
+            .flat_map(|h| {
                 h.join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
-    });
-    let mut parsed = Vec::new();
-    for (mut p, mut d) in results {
-        parsed.append(&mut p);
-        diagnostics.append(&mut d);
-    }
-    parsed
+    })
 }
 
 /// Kinds whose absence would let through traffic they exist to stop (see
@@ -309,7 +307,11 @@ const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 const MAX_PARSE_THREADS: usize = 8;
 
 /// `files` cut into at most `n` contiguous runs of roughly `total / n` bytes each.
-fn contiguous_chunks(files: &[SourceFile], n: usize, total: usize) -> Vec<&[SourceFile]> {
+fn contiguous_chunks<'f, 's>(
+    files: &'s [&'f SourceFile],
+    n: usize,
+    total: usize,
+) -> Vec<&'s [&'f SourceFile]> {
     let target = total.div_ceil(n).max(1);
     let mut chunks = Vec::with_capacity(n);
     let (mut start, mut size) = (0, 0);
@@ -327,41 +329,37 @@ fn contiguous_chunks(files: &[SourceFile], n: usize, total: usize) -> Vec<&[Sour
     chunks
 }
 
-fn parse_some(
-    files: &[SourceFile],
-    limits: &Limits,
-    diagnostics: &mut Vec<Diagnostic>,
-    parsed: &mut Vec<Parsed>,
-) {
-    for file in files {
-        let name: Arc<str> = Arc::from(file.path.as_str());
-        let docs = match yaml::parse_documents(&file.bytes, limits) {
-            Ok(docs) => docs,
-            Err(e) => {
-                diagnostics.push(Diagnostic {
-                    file: name.clone(),
-                    line: e.line,
-                    column: e.column,
-                    severity: Severity::Error,
-                    resource: None,
-                    field: String::new(),
-                    message: e.message,
-                });
-                unreadable_enforcing(&name, &file.bytes, diagnostics);
-                continue;
-            }
-        };
-        let mut ctx = DocContext {
-            file: name,
-            source: std::str::from_utf8(&file.bytes).unwrap_or_default(),
-            limits,
-            diagnostics: &mut *diagnostics,
-            out: &mut *parsed,
-        };
-        for doc in &docs {
-            ctx.document(doc, None);
+/// Parses one file: its documents, decoded into resources where they are gateway kinds.
+fn parse_file(file: &SourceFile, limits: &Limits) -> FileParse {
+    let mut out = FileParse::default();
+    let name: Arc<str> = Arc::from(file.path.as_str());
+    let docs = match yaml::parse_documents(&file.bytes, limits) {
+        Ok(docs) => docs,
+        Err(e) => {
+            out.diagnostics.push(Diagnostic {
+                file: name.clone(),
+                line: e.line,
+                column: e.column,
+                severity: Severity::Error,
+                resource: None,
+                field: String::new(),
+                message: e.message,
+            });
+            unreadable_enforcing(&name, &file.bytes, &mut out.diagnostics);
+            return out;
         }
+    };
+    let mut ctx = DocContext {
+        file: name,
+        source: std::str::from_utf8(&file.bytes).unwrap_or_default(),
+        limits,
+        diagnostics: &mut out.diagnostics,
+        out: &mut out.parsed,
+    };
+    for doc in &docs {
+        ctx.document(doc, None);
     }
+    out
 }
 
 /// Defaults inherited by resources declared inside a Service's annotation.

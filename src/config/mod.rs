@@ -10,6 +10,7 @@
 //! Start at [`load_dir`] (a directory) or [`load_files`] (files already in memory, as the
 //! git source has them).
 
+mod cache;
 mod diag;
 mod load;
 mod model;
@@ -19,6 +20,7 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
+pub use cache::{Cache, Reuse};
 pub use diag::{Diagnostic, ResourceRef, Severity};
 pub use load::{CONFIG_ANNOTATION, Error, SourceFile, read_dir};
 pub use model::*;
@@ -121,11 +123,11 @@ impl Rejected {
 }
 
 /// Loads and validates files already in memory.
+///
+/// A long-running caller that loads one revision after another should keep a [`Cache`]:
+/// it gives the same outcome and parses only the files that changed.
 pub fn load_files(files: &[SourceFile], options: &Options) -> Outcome {
-    let mut diagnostics = Vec::new();
-    let parsed = load::parse_files(files, &options.limits, &mut diagnostics);
-    let config = validate::validate(parsed, options.secrets_dir.as_deref(), &mut diagnostics);
-    finish(config, diagnostics, options.policy)
+    cache::load_once(files, options)
 }
 
 /// Reads every config file below `root` and loads it.

@@ -23,7 +23,7 @@ pub use policy::*;
 
 /// Kubernetes object metadata: the fields we use, and the ones a `kubectl get -o yaml`
 /// export carries that we accept and ignore.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     pub name: Option<At<String>>,
@@ -46,7 +46,7 @@ pub struct Metadata {
 }
 
 /// `Mapping` spec (v3alpha1; the v2 spellings `host` and `use_websocket` are accepted).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -104,7 +104,7 @@ pub struct MappingSpec {
 }
 
 /// `regex_rewrite: {pattern, substitution}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     pub pattern: String,
@@ -255,7 +255,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 }
 
 /// `Host` spec (v3alpha1; camelCase as in Emissary).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostSpec {
     #[serde(rename = "ambassador_id")]
@@ -270,7 +270,7 @@ pub struct HostSpec {
 }
 
 /// `tlsSecret: {name, namespace}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub name: String,
@@ -278,28 +278,28 @@ pub struct SecretRef {
 }
 
 /// `{name: ...}` references.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameRef {
     pub name: String,
 }
 
 /// `acmeProvider`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeProvider {
     pub authority: String,
 }
 
 /// `requestPolicy`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestPolicy {
     pub insecure: Option<InsecurePolicy>,
 }
 
 /// `requestPolicy.insecure`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InsecurePolicy {
     pub action: Option<At<String>>,
@@ -307,7 +307,7 @@ pub struct InsecurePolicy {
 }
 
 /// `Listener` spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ListenerSpec {
     #[serde(rename = "ambassador_id")]
@@ -321,7 +321,7 @@ pub struct ListenerSpec {
 }
 
 /// `hostBinding`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostBindingSpec {
     pub namespace: Option<NamespaceBinding>,
@@ -329,14 +329,14 @@ pub struct HostBindingSpec {
 }
 
 /// `hostBinding.namespace`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceBinding {
     pub from: At<String>,
 }
 
 /// `hostBinding.selector`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default)]
@@ -344,7 +344,7 @@ pub struct LabelSelector {
 }
 
 /// `TLSContext` spec (snake_case as in Emissary).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsContextSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -380,7 +380,7 @@ impl<'de> Deserialize<'de> for CommaList {
 
 /// `Module` spec: only the `ambassador` Module exists; its settings are in
 /// [`ModuleConfig`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSpec {
     pub ambassador_id: Option<IgnoredAny>,

@@ -73,7 +73,7 @@ impl Node {
 
 /// Limits on what one file may make the parser do. The defaults are far above any real
 /// gateway config and far below what would hurt the process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest file read, in bytes.
     pub max_file_bytes: usize,

@@ -46,8 +46,33 @@ pub struct Pipeline {
     status: watch::Sender<Arc<Status>>,
     endpoints: Option<watch::Receiver<Arc<Endpoints>>>,
     applied: Option<Applied>,
+    /// Parse, validation and translation results kept between revisions. `None` only
+    /// while a build has it (or after a build panicked, which starts it afresh).
+    incremental: Option<Box<Incremental>>,
     /// First delay after a failed poll; doubles up to [`MAX_BACKOFF`].
     retry: Duration,
+}
+
+/// What one revision leaves for the next to reuse, so that a commit that changes one
+/// file of a hundred costs about one file's work (issue 4): each file's parse and
+/// Mapping validations ([`config::Cache`]) and each route's and cluster's encoding
+/// ([`translate::Cache`]). Both are plain values the pipeline owns and passes in; the
+/// result is always equal to a cold build of the same revision.
+#[derive(Debug, Default)]
+pub struct Incremental {
+    config: config::Cache,
+    translate: translate::Cache,
+}
+
+/// What building one revision gave.
+#[derive(Debug)]
+pub struct Built {
+    /// The config and the snapshot to publish, or why the revision is not served.
+    pub result: Result<(Config, Snapshot), Outcome>,
+    /// Warnings (and, when rejected, every diagnostic that is not an error).
+    pub warnings: Vec<Diagnostic>,
+    /// Where the time went (`read` is the caller's).
+    pub timings: StageTimings,
 }
 
 impl Pipeline {
@@ -65,6 +90,7 @@ impl Pipeline {
             status: watch::Sender::new(Arc::new(Status::default())),
             endpoints,
             applied: None,
+            incremental: Some(Box::default()),
             retry,
         }
     }
@@ -126,9 +152,15 @@ impl Pipeline {
         let used = endpoints.clone();
         let options = self.options.clone();
         let meta = revision.meta.clone();
-        let built = tokio::task::spawn_blocking(move || build(revision, &options, &endpoints))
-            .await
-            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+        let mut incremental = self.incremental.take().unwrap_or_default();
+        let previous = self.store.latest();
+        let (built, incremental) = tokio::task::spawn_blocking(move || {
+            let built = incremental.build(revision, &options, &endpoints, previous.as_deref());
+            (built, incremental)
+        })
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+        self.incremental = Some(incremental);
         let mut timings = built.timings;
         timings.read = read;
         let outcome = match built.result {
@@ -323,59 +355,79 @@ fn jitter() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// What the blocking part of [`Pipeline::apply`] produced.
-struct Built {
-    result: Result<(Config, Snapshot), Outcome>,
-    warnings: Vec<Diagnostic>,
-    timings: StageTimings,
-}
+// === impl Incremental ===
 
-fn build(revision: Revision, options: &config::Options, endpoints: &Endpoints) -> Built {
-    let mut timings = StageTimings::default();
-    let started = Instant::now();
-    let mut outcome = config::load_files(&revision.files, options);
-    drop(revision.files);
-    outcome.diagnostics.extend(revision.problems);
-    outcome.diagnostics.sort();
-    timings.parse = started.elapsed();
-    for d in &outcome.diagnostics {
-        if d.is_error() {
-            tracing::error!(revision = %revision.meta.id, "{d}");
-        } else {
+impl Incremental {
+    /// Parses, validates, translates and encodes `revision` into a snapshot, reusing
+    /// what earlier calls worked out and, for the resources whose bytes are unchanged,
+    /// `previous`'s hashes. The result equals a cold build of the same revision.
+    pub fn build(
+        &mut self,
+        revision: Revision,
+        options: &config::Options,
+        endpoints: &Endpoints,
+        previous: Option<&Snapshot>,
+    ) -> Built {
+        let mut timings = StageTimings::default();
+        let started = Instant::now();
+        let (mut outcome, reuse) = self.config.load(&revision.files, options);
+        drop(revision.files);
+        outcome.diagnostics.extend(revision.problems);
+        outcome.diagnostics.sort();
+        timings.parse = started.elapsed();
+        tracing::debug!(
+            revision = %revision.meta.id,
+            parsed = reuse.parsed,
+            reused = reuse.reused,
+            "files parsed"
+        );
+        for d in &outcome.diagnostics {
+            if d.is_error() {
+                tracing::error!(revision = %revision.meta.id, "{d}");
+            } else {
+                tracing::warn!(revision = %revision.meta.id, "{d}");
+            }
+        }
+        let (config, mut diagnostics) = match outcome.into_result() {
+            Ok(accepted) => accepted,
+            Err(rejected) => {
+                let (errors, warnings) =
+                    rejected.diagnostics.into_iter().partition(|d| d.is_error());
+                return Built {
+                    result: Err(Outcome::Rejected { errors }),
+                    warnings,
+                    timings,
+                };
+            }
+        };
+        // Mappings whose Service has no EndpointSlice: served, with a warning (issue 5).
+        for d in crate::endpoints::missing_services(&config, endpoints) {
             tracing::warn!(revision = %revision.meta.id, "{d}");
+            diagnostics.push(d);
         }
-    }
-    let (config, mut diagnostics) = match outcome.into_result() {
-        Ok(accepted) => accepted,
-        Err(rejected) => {
-            let (errors, warnings) = rejected.diagnostics.into_iter().partition(|d| d.is_error());
-            return Built {
-                result: Err(Outcome::Rejected { errors }),
-                warnings,
-                timings,
-            };
+        let started = Instant::now();
+        let (resources, reuse) = self.translate.translate(&config, endpoints);
+        timings.translate = started.elapsed();
+        tracing::debug!(
+            revision = %revision.meta.id,
+            routes_built = reuse.routes_built,
+            clusters_built = reuse.clusters_built,
+            "translated"
+        );
+        let started = Instant::now();
+        let snapshot =
+            Snapshot::from_encoded(&revision.meta.id, endpoints.generation, resources, previous);
+        timings.publish = started.elapsed();
+        Built {
+            result: match snapshot {
+                Ok(snapshot) => Ok((config, snapshot)),
+                Err(e) => Err(Outcome::Failed {
+                    reason: format!("cannot build a snapshot: {e}"),
+                }),
+            },
+            warnings: diagnostics,
+            timings,
         }
-    };
-    // Mappings whose Service has no EndpointSlice: served, with a warning (issue 5).
-    for d in crate::endpoints::missing_services(&config, endpoints) {
-        tracing::warn!(revision = %revision.meta.id, "{d}");
-        diagnostics.push(d);
-    }
-    let started = Instant::now();
-    let resources = translate::translate(&config, endpoints);
-    timings.translate = started.elapsed();
-    let started = Instant::now();
-    let snapshot = Snapshot::new(&revision.meta.id, endpoints.generation, &resources);
-    timings.publish = started.elapsed();
-    Built {
-        result: match snapshot {
-            Ok(snapshot) => Ok((config, snapshot)),
-            Err(e) => Err(Outcome::Failed {
-                reason: format!("cannot build a snapshot: {e}"),
-            }),
-        },
-        warnings: diagnostics,
-        timings,
     }
 }
 

@@ -35,7 +35,7 @@ use prost::{Message, Name};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::translate::Resources;
+use crate::translate::{EncodedResources, Resources};
 
 pub use node::{NackRecord, NodeState, Protocol, StreamInfo, TypeState};
 pub use rollout::{CanarySelector, RolloutStatus};
@@ -161,6 +161,9 @@ pub struct Snapshot {
 struct References {
     routes: BTreeSet<String>,
     endpoints: BTreeSet<String>,
+    /// The load assignment each EDS cluster fetches, by cluster name: what lets the next
+    /// snapshot decode only the clusters whose bytes changed.
+    by_cluster: BTreeMap<String, String>,
 }
 
 /// What changed between two snapshots, by type: names only.
@@ -343,30 +346,149 @@ impl Snapshot {
         Snapshot::from_parts(String::new(), String::new(), 0, types)
     }
 
+    /// Like [`Snapshot::new`] for resources already encoded (by
+    /// `translate::Cache::translate`), hashing only what `previous` does not hold with
+    /// the same name and bytes: an unchanged resource keeps its `Bytes` and version, and
+    /// an unchanged type its type version, so a revision that changes a few routes and
+    /// clusters hashes those and the RouteConfigurations around them, not 8k clusters.
+    /// Equal to `Snapshot::new` of the same resources.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateName`] when two resources of one type share a name.
+    pub fn from_encoded(
+        revision: &str,
+        endpoints_generation: u64,
+        resources: EncodedResources,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot> {
+        let version = format!("{revision}+e{endpoints_generation}");
+        let lists = [
+            (ResourceType::Cluster, resources.clusters),
+            (ResourceType::Endpoint, resources.endpoints),
+            (ResourceType::Listener, resources.listeners),
+            (ResourceType::Route, resources.routes),
+            (ResourceType::Secret, resources.secrets),
+        ];
+        let mut types = BTreeMap::new();
+        for (kind, items) in lists {
+            let old = previous.and_then(|p| p.types.get(&kind));
+            // Every resource the same buffer as before (nothing of this type changed):
+            // share the previous map whole, allocating nothing.
+            if let Some(old) = old
+                && old.len() == items.len()
+                && old.iter().zip(&items).all(|((name, r), (new_name, body))| {
+                    name == new_name && same_bytes(&r.body, body)
+                })
+            {
+                types.insert(kind, old.clone());
+                continue;
+            }
+            let old = old.map(Arc::as_ref);
+            let mut map = ResourceMap::new();
+            let mut hashed = 0;
+            for (name, body) in items {
+                let resource = match old.and_then(|o| o.get(&name)) {
+                    Some(r) if same_bytes(&r.body, &body) => r.clone(),
+                    _ => {
+                        hashed += 1;
+                        Resource::new(name, body)
+                    }
+                };
+                if let Some(dup) = map.insert(resource.name.clone(), resource) {
+                    return Err(Error::DuplicateName {
+                        version,
+                        kind,
+                        name: dup.name,
+                    });
+                }
+            }
+            ENCODED.fetch_add(hashed, Ordering::Relaxed);
+            types.insert(kind, Arc::new(map));
+        }
+        Ok(Snapshot::from_parts_after(
+            version,
+            revision.to_owned(),
+            endpoints_generation,
+            types,
+            previous,
+        ))
+    }
+
     fn from_parts(
         version: String,
         revision: String,
         endpoints_generation: u64,
         types: BTreeMap<ResourceType, ResourceMap>,
     ) -> Snapshot {
-        let mut types: BTreeMap<ResourceType, Arc<ResourceMap>> =
-            types.into_iter().map(|(k, m)| (k, Arc::new(m))).collect();
+        let types = types.into_iter().map(|(k, m)| (k, Arc::new(m))).collect();
+        Snapshot::from_parts_after(version, revision, endpoints_generation, types, None)
+    }
+
+    /// Assembles a snapshot; what it shares with `previous` (equal types, equal
+    /// clusters) is taken from it instead of being worked out again.
+    fn from_parts_after(
+        version: String,
+        revision: String,
+        endpoints_generation: u64,
+        types: BTreeMap<ResourceType, Arc<ResourceMap>>,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
+        let mut types: BTreeMap<ResourceType, Arc<ResourceMap>> = types
+            .into_iter()
+            .map(|(kind, map)| {
+                // An unchanged type shares its map, and so its version, with `previous`.
+                match previous.and_then(|p| p.types.get(&kind)) {
+                    Some(old) if Arc::ptr_eq(old, &map) || same_resources(old, &map) => {
+                        (kind, old.clone())
+                    }
+                    _ => (kind, map),
+                }
+            })
+            .collect();
         for kind in ResourceType::ALL {
             types.entry(kind).or_default();
         }
         let type_versions = types
             .iter()
             .map(|(kind, map)| {
-                (
-                    *kind,
-                    content_version(map.values().map(|r| (r.name.as_str(), r.version.as_str()))),
-                )
+                let kept = previous
+                    .filter(|p| p.types.get(kind).is_some_and(|old| Arc::ptr_eq(old, map)))
+                    .map(|p| p.type_version(*kind).to_owned());
+                let version = kept.unwrap_or_else(|| {
+                    content_version(map.values().map(|r| (r.name.as_str(), r.version.as_str())))
+                });
+                (*kind, version)
             })
             .collect();
-        let references = Arc::new(References {
-            routes: referenced_routes(types.get(&ResourceType::Listener).map(Arc::as_ref)),
-            endpoints: referenced_endpoints(types.get(&ResourceType::Cluster).map(Arc::as_ref)),
-        });
+        // The same listeners and clusters as `previous` reference the same resources.
+        let same_as_previous = |kind: ResourceType| {
+            previous.is_some_and(|p| {
+                p.types
+                    .get(&kind)
+                    .zip(types.get(&kind))
+                    .is_some_and(|(old, new)| Arc::ptr_eq(old, new))
+            })
+        };
+        let references = match previous {
+            Some(p)
+                if same_as_previous(ResourceType::Cluster)
+                    && same_as_previous(ResourceType::Listener) =>
+            {
+                p.references.clone()
+            }
+            _ => {
+                let by_cluster = referenced_endpoints(
+                    types.get(&ResourceType::Cluster).map(Arc::as_ref),
+                    previous,
+                );
+                Arc::new(References {
+                    routes: referenced_routes(types.get(&ResourceType::Listener).map(Arc::as_ref)),
+                    endpoints: by_cluster.values().cloned().collect(),
+                    by_cluster,
+                })
+            }
+        };
         Snapshot {
             version,
             revision,
@@ -616,10 +738,25 @@ fn referenced_routes(listeners: Option<&ResourceMap>) -> BTreeSet<String> {
     out
 }
 
-/// Load assignment names the EDS clusters in `clusters` fetch.
-fn referenced_endpoints(clusters: Option<&ResourceMap>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// The load assignment each EDS cluster in `clusters` fetches, by cluster name. A
+/// cluster `previous` holds with the same version is not decoded again.
+fn referenced_endpoints(
+    clusters: Option<&ResourceMap>,
+    previous: Option<&Snapshot>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let old = previous.map(|p| (p.resources(ResourceType::Cluster), &p.references.by_cluster));
     for r in clusters.into_iter().flat_map(|m| m.values()) {
+        if let Some((old_clusters, old_refs)) = old
+            && old_clusters
+                .get(&r.name)
+                .is_some_and(|o| o.version == r.version)
+        {
+            if let Some(eds) = old_refs.get(&r.name) {
+                out.insert(r.name.clone(), eds.clone());
+            }
+            continue;
+        }
         let Ok(cluster) = Cluster::decode(r.body.as_ref()) else {
             continue;
         };
@@ -629,14 +766,31 @@ fn referenced_endpoints(clusters: Option<&ResourceMap>) -> BTreeSet<String> {
                 .eds_cluster_config
                 .map(|c| c.service_name)
                 .unwrap_or_default();
-            out.insert(if service.is_empty() {
-                cluster.name
-            } else {
-                service
-            });
+            out.insert(
+                r.name.clone(),
+                if service.is_empty() {
+                    cluster.name
+                } else {
+                    service
+                },
+            );
         }
     }
     out
+}
+
+/// Whether two bodies hold the same bytes; the pointer test first, since bodies the
+/// translation cache kept are the very same buffer.
+fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
+/// Whether two maps hold the same names with the same versions.
+fn same_resources(a: &ResourceMap, b: &ResourceMap) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((an, ar), (bn, br))| an == bn && ar.version == br.version)
 }
 
 /// A version for a set of `(name, version)` pairs: the first 16 bytes of the SHA-256 of

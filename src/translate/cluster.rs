@@ -63,17 +63,7 @@ pub(super) fn assignments<'a>(
     }
     // After a change of resolution everything is new.
     let since = since.filter(|old| old.resolution == endpoints.resolution);
-    let services: BTreeSet<ServiceKey> = targets
-        .into_iter()
-        .filter_map(|target| match &target.service {
-            Service::Kubernetes {
-                name,
-                namespace,
-                port,
-            } => Some(names::service_key(name, namespace, port.as_ref())),
-            Service::Address { .. } => None,
-        })
-        .collect();
+    let services = service_keys(targets);
     let mut out: Vec<ClusterLoadAssignment> = services
         .iter()
         .filter(|key| since.is_none_or(|old| old.get(key) != endpoints.get(key)))
@@ -84,7 +74,24 @@ pub(super) fn assignments<'a>(
     out
 }
 
-fn cluster(
+/// The Kubernetes Service ports among `targets`: one ClusterLoadAssignment each.
+pub(super) fn service_keys<'a>(
+    targets: impl IntoIterator<Item = &'a Target>,
+) -> BTreeSet<ServiceKey> {
+    targets
+        .into_iter()
+        .filter_map(|target| match &target.service {
+            Service::Kubernetes {
+                name,
+                namespace,
+                port,
+            } => Some(names::service_key(name, namespace, port.as_ref())),
+            Service::Address { .. } => None,
+        })
+        .collect()
+}
+
+pub(super) fn cluster(
     config: &Config,
     target: &Target,
     name: &str,
@@ -197,7 +204,7 @@ fn cluster(
 /// it knows, and Kubernetes never wants traffic on a pod that fails readiness. Draining
 /// (serving, terminating) ones stay, as DRAINING: new requests avoid them while ready
 /// pods exist, and when none does panic mode falls back to them, as kube-proxy does.
-fn assignment(
+pub(super) fn assignment(
     cluster_name: String,
     endpoints: &[crate::endpoints::Endpoint],
 ) -> ClusterLoadAssignment {

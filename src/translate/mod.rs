@@ -17,6 +17,7 @@
 
 mod cluster;
 mod filters;
+pub mod incremental;
 mod listener;
 pub mod names;
 mod parallel;
@@ -44,6 +45,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use crate::config::{Action, Config, Meta, Target, UpstreamTls};
 use crate::endpoints::Endpoints;
 
+pub use incremental::{Cache, EncodedResources, Reuse};
 pub use listener::{DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT};
 
 /// Every Envoy resource of one configuration revision, each list sorted by name.
@@ -72,14 +74,71 @@ pub struct Resources {
 pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
     let config = sorted(config);
     let config = config.as_ref();
-    // Every routing Mapping's target, with the Mappings that use it.
+    let users = users(config);
+    let cluster_names = names::clusters(users.keys().copied());
+    let groups = route::groups(&config.mappings);
+    let plans = listener::plans(config);
+    let built = vhost::SharedRoutes::new(&groups, &cluster_names, &plans, config);
+
+    let mut resources = Resources::default();
+    for plan in &plans {
+        resources
+            .listeners
+            .push(listener::listener(plan, config, &cluster_names));
+        resources
+            .routes
+            .push(vhost::route_configuration(plan, config, &groups, &built));
+    }
+    let (clusters, assignments) = cluster::clusters(config, endpoints, &cluster_names, &users);
+    resources.clusters = clusters;
+    resources.endpoints = assignments;
+    resources.secrets = secrets(config, &plans, &cluster_names);
+
+    resources.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    resources.routes.sort_by(|a, b| a.name.cmp(&b.name));
+    resources.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    resources
+        .endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    resources
+}
+
+/// The SDS secrets: the certificates of the Hosts that TLS listeners terminate, and the
+/// client certificates of the TLSContexts upstream clusters use. By name.
+fn secrets(
+    config: &Config,
+    plans: &[listener::ListenerPlan<'_>],
+    cluster_names: &BTreeMap<Target, String>,
+) -> Vec<Secret> {
+    let mut secrets = BTreeSet::new();
+    for plan in plans.iter().filter(|p| p.terminates_tls()) {
+        secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
+    }
+    for target in cluster_names.keys() {
+        if let UpstreamTls::Context(r) = &target.tls
+            && let Some(secret) = tls::upstream_context(config, r).and_then(|c| c.secret.as_deref())
+        {
+            secrets.insert(secret);
+        }
+    }
+    secrets
+        .into_iter()
+        .filter_map(|name| config.secrets.get(name))
+        .map(tls::secret)
+        .collect()
+}
+
+/// Every target Envoy needs a cluster for, with the resources that use it: routing
+/// Mappings, then the gateway services Envoy calls (auth server, rate limit service,
+/// collectors).
+fn users(config: &Config) -> BTreeMap<&Target, Vec<&Meta>> {
     let mut users: BTreeMap<&Target, Vec<&Meta>> = BTreeMap::new();
     for mapping in &config.mappings {
         if let Action::Route(route) = &mapping.action {
             users.entry(&route.target).or_default().push(&mapping.meta);
         }
     }
-    // The gateway services Envoy calls: auth server, rate limit service, collectors.
     let services = [
         config.auth_service.as_ref().map(|a| (&a.target, &a.meta)),
         config
@@ -98,50 +157,7 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
     for (target, meta) in services.into_iter().chain(logs).flatten() {
         users.entry(target).or_default().push(meta);
     }
-    let cluster_names = names::clusters(users.keys().copied());
-    let groups = route::groups(&config.mappings);
-    let plans = listener::plans(config);
-    let built = vhost::SharedRoutes::new(&groups, &cluster_names, &plans, config);
-
-    let mut resources = Resources::default();
-    let mut secrets = BTreeSet::new();
-    for plan in &plans {
-        if plan.terminates_tls() {
-            secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
-        }
-        resources
-            .listeners
-            .push(listener::listener(plan, config, &cluster_names));
-        resources
-            .routes
-            .push(vhost::route_configuration(plan, config, &groups, &built));
-    }
-    let (clusters, assignments) = cluster::clusters(config, endpoints, &cluster_names, &users);
-    resources.clusters = clusters;
-    resources.endpoints = assignments;
-
-    // Client certificates of the TLSContexts upstream clusters use.
-    for target in cluster_names.keys() {
-        if let UpstreamTls::Context(r) = &target.tls
-            && let Some(secret) = tls::upstream_context(config, r).and_then(|c| c.secret.as_deref())
-        {
-            secrets.insert(secret);
-        }
-    }
-    resources.secrets = secrets
-        .into_iter()
-        .filter_map(|name| config.secrets.get(name))
-        .map(tls::secret)
-        .collect();
-
-    resources.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    resources.routes.sort_by(|a, b| a.name.cmp(&b.name));
-    resources.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    resources
-        .endpoints
-        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    resources.secrets.sort_by(|a, b| a.name.cmp(&b.name));
-    resources
+    users
 }
 
 /// The ClusterLoadAssignments [`translate`] would give for `config` and `endpoints`,

@@ -169,6 +169,16 @@ impl<'a> Group<'a> {
         self.members[0]
     }
 
+    /// The Mappings the route serves, the first one's settings applying.
+    pub(super) fn members(&self) -> &[&'a Mapping] {
+        &self.members
+    }
+
+    /// The shadow Mappings that mirror its requests.
+    pub(super) fn mirrors(&self) -> &[&'a Mapping] {
+        &self.mirrors
+    }
+
     /// See [`OrderKey`]. `extra_header_weight` is the weight of the header matches the
     /// virtual host adds to this group's route.
     pub(super) fn order_key(&self, extra_header_weight: usize) -> OrderKey<'a> {

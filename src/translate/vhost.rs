@@ -157,6 +157,49 @@ impl<'a> SharedRoutes<'a> {
     }
 }
 
+/// One entry of a virtual host's `routes`.
+pub(super) enum RouteSlot {
+    /// Group `index`'s route with `headers` appended to its match (`:authority` for a
+    /// Mapping narrower than its Host, `x-forwarded-proto`); usually none.
+    Group {
+        index: usize,
+        headers: Vec<HeaderMatcher>,
+    },
+    /// A route of the virtual host's own (the insecure redirect or 404); boxed, as it
+    /// is a hundred times the size of the common variant.
+    Fixed(Box<Route>),
+}
+
+/// A virtual host as its routes' places: `shell` is the virtual host with no routes.
+/// The cold translation fills the places with route structs; the incremental one
+/// (`translate::incremental`) with routes it encoded before.
+pub(super) struct VirtualHostLayout {
+    pub shell: VirtualHost,
+    pub routes: Vec<RouteSlot>,
+}
+
+/// The RouteConfiguration of one listener, with no virtual hosts, and its virtual hosts'
+/// layouts, in order.
+pub(super) fn route_configuration_layout(
+    plan: &ListenerPlan<'_>,
+    config: &Config,
+    groups: &[Group<'_>],
+) -> (RouteConfiguration, Vec<VirtualHostLayout>) {
+    let virtual_hosts = if config.hosts.is_empty() {
+        vec![catch_all(groups)]
+    } else {
+        super::parallel::map(&plan.hosts, super::parallel::LARGE_ITEMS, |host| {
+            virtual_host(host, host_policy(plan, config, host), groups)
+        })
+    };
+    let shell = RouteConfiguration {
+        name: names::route_config(plan.port),
+        metadata: Some(plan.provenance.to_metadata()),
+        ..Default::default()
+    };
+    (shell, virtual_hosts)
+}
+
 /// The RouteConfiguration of one listener.
 pub(super) fn route_configuration(
     plan: &ListenerPlan<'_>,
@@ -164,66 +207,77 @@ pub(super) fn route_configuration(
     groups: &[Group<'_>],
     built: &SharedRoutes<'_>,
 ) -> RouteConfiguration {
-    let virtual_hosts = if config.hosts.is_empty() {
-        vec![catch_all(groups, built)]
-    } else {
-        super::parallel::map(&plan.hosts, super::parallel::LARGE_ITEMS, |host| {
-            virtual_host(host, host_policy(plan, config, host), groups, built)
+    let (mut shell, layouts) = route_configuration_layout(plan, config, groups);
+    shell.virtual_hosts = layouts
+        .into_iter()
+        .map(|layout| {
+            let mut vhost = layout.shell;
+            vhost.routes = layout
+                .routes
+                .into_iter()
+                .map(|slot| match slot {
+                    RouteSlot::Group { index, headers } => {
+                        let mut route = built.take(index);
+                        if !headers.is_empty() {
+                            route
+                                .r#match
+                                .get_or_insert_with(Default::default)
+                                .headers
+                                .extend(headers);
+                        }
+                        route
+                    }
+                    RouteSlot::Fixed(route) => *route,
+                })
+                .collect();
+            vhost
         })
-    };
-    RouteConfiguration {
-        name: names::route_config(plan.port),
-        virtual_hosts,
-        metadata: Some(plan.provenance.to_metadata()),
-        ..Default::default()
-    }
+        .collect();
+    shell
 }
 
 /// With no Host at all, Emissary serves every Mapping on `*`.
-fn catch_all(groups: &[Group<'_>], built: &SharedRoutes<'_>) -> VirtualHost {
-    let routes = ordered_routes(groups, built, &HostPattern::Any, &[]);
-    VirtualHost {
-        name: "*".to_owned(),
-        domains: vec!["*".to_owned()],
+fn catch_all(groups: &[Group<'_>]) -> VirtualHostLayout {
+    let routes = ordered_routes(groups, &HostPattern::Any, &[]);
+    VirtualHostLayout {
+        shell: VirtualHost {
+            name: "*".to_owned(),
+            domains: vec!["*".to_owned()],
+            metadata: Some(Provenance::builtin("Host", "*").to_metadata()),
+            ..Default::default()
+        },
         routes,
-        metadata: Some(Provenance::builtin("Host", "*").to_metadata()),
-        ..Default::default()
     }
 }
 
-fn virtual_host(
-    host: &Host,
-    policy: Insecure,
-    groups: &[Group<'_>],
-    built: &SharedRoutes<'_>,
-) -> VirtualHost {
+fn virtual_host(host: &Host, policy: Insecure, groups: &[Group<'_>]) -> VirtualHostLayout {
     let xfp_https = mapping_route::header_matcher(&KeyValueMatch {
         name: "x-forwarded-proto".to_owned(),
         value: ValueMatch::Exact("https".to_owned()),
     });
     let routes = match policy {
-        Insecure::Serve | Insecure::RequireTls => {
-            ordered_routes(groups, built, &host.hostname, &[])
-        }
+        Insecure::Serve | Insecure::RequireTls => ordered_routes(groups, &host.hostname, &[]),
         Insecure::RejectUnlessXfpHttps => {
-            let mut routes = ordered_routes(groups, built, &host.hostname, &[xfp_https]);
-            routes.push(reject_route());
+            let mut routes = ordered_routes(groups, &host.hostname, &[xfp_https]);
+            routes.push(RouteSlot::Fixed(Box::new(reject_route())));
             routes
         }
-        Insecure::RejectAll => vec![reject_route()],
-        Insecure::RedirectAll => vec![https_redirect_route()],
+        Insecure::RejectAll => vec![RouteSlot::Fixed(Box::new(reject_route()))],
+        Insecure::RedirectAll => vec![RouteSlot::Fixed(Box::new(https_redirect_route()))],
     };
-    VirtualHost {
-        name: names::qualified(&host.meta.namespace, &host.meta.name),
-        domains: domains(&host.hostname),
+    VirtualHostLayout {
+        shell: VirtualHost {
+            name: names::qualified(&host.meta.namespace, &host.meta.name),
+            domains: domains(&host.hostname),
+            require_tls: if policy == Insecure::RequireTls {
+                virtual_host::TlsRequirementType::All
+            } else {
+                virtual_host::TlsRequirementType::None
+            } as i32,
+            metadata: Some(Provenance::of(&host.meta).to_metadata()),
+            ..Default::default()
+        },
         routes,
-        require_tls: if policy == Insecure::RequireTls {
-            virtual_host::TlsRequirementType::All
-        } else {
-            virtual_host::TlsRequirementType::None
-        } as i32,
-        metadata: Some(Provenance::of(&host.meta).to_metadata()),
-        ..Default::default()
     }
 }
 
@@ -233,13 +287,13 @@ fn domains(pattern: &HostPattern) -> Vec<String> {
     vec![pattern.as_domain()]
 }
 
-/// The routes of the groups that attach to a Host with pattern `host`, in Emissary's order.
+/// The route slots of the groups that attach to a Host with pattern `host`, in
+/// Emissary's order.
 fn ordered_routes(
     groups: &[Group<'_>],
-    built: &SharedRoutes<'_>,
     host: &HostPattern,
     extra: &[HeaderMatcher],
-) -> Vec<Route> {
+) -> Vec<RouteSlot> {
     let mut attached: Vec<(usize, Option<HeaderMatcher>, usize)> = groups
         .iter()
         .enumerate()
@@ -260,13 +314,12 @@ fn ordered_routes(
     attached
         .into_iter()
         .map(|(index, authority, _)| {
-            let mut route = built.take(index);
+            let mut headers = Vec::new();
             if authority.is_some() || !extra.is_empty() {
-                let headers = &mut route.r#match.get_or_insert_with(Default::default).headers;
                 headers.extend(authority);
                 headers.extend_from_slice(extra);
             }
-            route
+            RouteSlot::Group { index, headers }
         })
         .collect()
 }

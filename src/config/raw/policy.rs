@@ -46,7 +46,7 @@ impl<'de> Deserialize<'de> for Scalar {
 }
 
 /// `retry_policy` (Mapping and Module).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicySpec {
     pub retry_on: Option<At<String>>,
@@ -56,7 +56,7 @@ pub struct RetryPolicySpec {
 }
 
 /// One entry of `circuit_breakers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSpec {
     pub priority: Option<At<String>>,
@@ -67,7 +67,7 @@ pub struct CircuitBreakerSpec {
 }
 
 /// `outlier_detection` (an attache extension of the Mapping; Envoy's names with `_ms`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionSpec {
     pub consecutive_5xx: Option<At<u32>>,
@@ -78,7 +78,7 @@ pub struct OutlierDetectionSpec {
 }
 
 /// `cors` (Mapping and Module). Lists may be comma-separated strings, as in Emissary.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSpec {
     pub origins: Option<At<OneOrMany>>,
@@ -90,7 +90,7 @@ pub struct CorsSpec {
 }
 
 /// `load_balancer` (Mapping and Module).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancerSpec {
     pub policy: Option<At<String>>,
@@ -100,7 +100,7 @@ pub struct LoadBalancerSpec {
 }
 
 /// `load_balancer.cookie`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CookieSpec {
     pub name: String,
@@ -110,7 +110,7 @@ pub struct CookieSpec {
 }
 
 /// `keepalive`: TCP keepalive on upstream connections, in seconds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeepaliveSpec {
     pub time: Option<At<u32>>,
@@ -170,7 +170,7 @@ impl<'de> Deserialize<'de> for RawLabel {
 }
 
 /// `AuthService` spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthServiceSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -188,7 +188,7 @@ pub struct AuthServiceSpec {
 }
 
 /// `include_body`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncludeBodySpec {
     pub max_bytes: u32,
@@ -197,14 +197,14 @@ pub struct IncludeBodySpec {
 }
 
 /// `status_on_error`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusOnErrorSpec {
     pub code: At<u16>,
 }
 
 /// `RateLimitService` spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitServiceSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -217,7 +217,7 @@ pub struct RateLimitServiceSpec {
 }
 
 /// `TracingService` spec.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingServiceSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -228,7 +228,7 @@ pub struct TracingServiceSpec {
 }
 
 /// `TracingService.sampling`: percentages.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingSpec {
     pub overall: Option<At<u32>>,
@@ -237,7 +237,7 @@ pub struct SamplingSpec {
 }
 
 /// `TracingService.config`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfigSpec {
     pub service_name: Option<At<String>>,
@@ -247,7 +247,7 @@ pub struct TracingConfigSpec {
 }
 
 /// `LogService` spec: Emissary's gRPC access log service.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogServiceSpec {
     pub ambassador_id: Option<IgnoredAny>,
@@ -261,7 +261,7 @@ pub struct LogServiceSpec {
 }
 
 /// `LocalRateLimit` spec (`attache.io/v1`): a token bucket in Envoy for each named Mapping.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalRateLimitSpec {
     /// Names of Mappings in the same namespace.
@@ -273,7 +273,7 @@ pub struct LocalRateLimitSpec {
 }
 
 /// `Module.config` of the `ambassador` Module.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleConfig {
     pub use_remote_address: Option<bool>,
@@ -298,7 +298,7 @@ pub struct ModuleConfig {
 }
 
 /// `Module.config.buffer`: Envoy buffers whole request bodies up to this size.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferSpec {
     pub max_request_bytes: u32,

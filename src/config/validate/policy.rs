@@ -36,7 +36,7 @@ const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
 
 /// Mapping settings the `ambassador` Module sets for every Mapping that does not set its
 /// own, and what Mapping validation needs to know about other resources.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(in crate::config) struct MappingDefaults {
     /// `cluster_request_timeout_ms`; `None` is Emissary's 3000 ms.
     pub timeout_ms: Option<u32>,
