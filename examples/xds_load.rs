@@ -69,9 +69,21 @@ struct Args {
     /// The server's fleet-wide bound on responses in flight (`xds::Config::max_in_flight`).
     #[arg(long, default_value_t = attache::xds::Config::default().max_in_flight)]
     max_in_flight: usize,
+    /// What the measured publish changes: `mapping` adds one Mapping (the generator then
+    /// renames many clusters, so CDS, EDS and RDS all change, and CDS goes out twice,
+    /// make-before-break); `route` changes one Mapping's timeout (RDS only: the common
+    /// commit).
+    #[arg(long, value_enum, default_value_t = Change::Mapping)]
+    change: Change,
     /// A command to run the server under (a profiler), split on whitespace.
     #[arg(long, default_value = "")]
     server_wrapper: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Change {
+    Mapping,
+    Route,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -107,7 +119,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 // === server (child process) ===
 
 fn snapshot_of(mappings: usize) -> Result<(Snapshot, usize), Box<dyn std::error::Error>> {
-    let files: Vec<SourceFile> = generate::repo(mappings)
+    snapshot_from(&format!("load-{mappings}"), generate::repo(mappings))
+}
+
+/// The generated repository of `mappings` with one Mapping's timeout changed: one route
+/// differs, every cluster, assignment and listener stays as it was.
+fn snapshot_with_one_route_changed(
+    mappings: usize,
+) -> Result<(Snapshot, usize), Box<dyn std::error::Error>> {
+    let mut files = generate::repo(mappings);
+    let changed = files
+        .iter_mut()
+        .find(|(_, text)| text.contains("timeout_ms: 5000"))
+        .ok_or("the generated repository has no Mapping with a timeout to change")?;
+    changed.1 = changed
+        .1
+        .replacen("timeout_ms: 5000", "timeout_ms: 6000", 1);
+    snapshot_from(&format!("load-{mappings}-route"), files)
+}
+
+fn snapshot_from(
+    version: &str,
+    files: Vec<(String, String)>,
+) -> Result<(Snapshot, usize), Box<dyn std::error::Error>> {
+    let files: Vec<SourceFile> = files
         .into_iter()
         .map(|(path, text)| SourceFile {
             path,
@@ -122,10 +157,7 @@ fn snapshot_of(mappings: usize) -> Result<(Snapshot, usize), Box<dyn std::error:
         .flat_map(|r| &r.virtual_hosts)
         .map(|v| v.routes.len())
         .sum();
-    Ok((
-        Snapshot::new(&format!("load-{mappings}"), 0, &resources)?,
-        routes,
-    ))
+    Ok((Snapshot::new(version, 0, &resources)?, routes))
 }
 
 /// `(VmRSS, VmHWM)` in KiB.
@@ -229,7 +261,10 @@ async fn server(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
             "publish" => {
-                let (next, _) = snapshot_of(args.mappings + 1)?;
+                let (next, _) = match args.change {
+                    Change::Mapping => snapshot_of(args.mappings + 1)?,
+                    Change::Route => snapshot_with_one_route_changed(args.mappings)?,
+                };
                 let encoded_before = snapshot::encoded_resources();
                 let responses_before = attache::xds::encoded_responses();
                 let sent_before = attache::xds::sent_bytes();
@@ -279,6 +314,13 @@ async fn driver(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .args(["--role", "server", "--streams", &args.streams.to_string()])
         .args(["--mappings", &args.mappings.to_string()])
         .args(["--max-in-flight", &args.max_in_flight.to_string()])
+        .args([
+            "--change",
+            match args.change {
+                Change::Mapping => "mapping",
+                Change::Route => "route",
+            },
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
