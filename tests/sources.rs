@@ -77,20 +77,7 @@ impl Drop for Serve {
 fn gateway(listener_port: u16, mappings: &[(&str, &Backend)]) -> Vec<(String, String)> {
     let mut files = vec![(
         "listener.yaml".to_owned(),
-        format!(
-            "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: http
-spec:
-  port: {listener_port}
-  protocol: HTTP
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
-"
-        ),
+        util::listener_yaml(listener_port),
     )];
     for (prefix, backend) in mappings {
         files.push((

@@ -41,22 +41,8 @@ impl Gateway {
         let admin_port = util::free_port();
         let repo = dir.path().join("repo");
         std::fs::create_dir(&repo).expect("create repo dir");
-        let listener = format!(
-            "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: http
-  namespace: default
-spec:
-  port: {port}
-  protocol: HTTP
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
-"
-        );
-        std::fs::write(repo.join("listener.yaml"), listener).expect("write listener");
+        std::fs::write(repo.join("listener.yaml"), util::listener_yaml(port))
+            .expect("write listener");
         let config = config.replace("{DIR}", &dir.path().display().to_string());
         std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
         let outcome = config::load_dir(&repo, &Options::default()).expect("readable repo");

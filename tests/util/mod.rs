@@ -376,10 +376,9 @@ fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic:
     }
 }
 
-/// The smallest gateway a user writes: one HTTP Listener on `listener_port` (every
-/// namespace's Hosts) and one Mapping `echo` from `prefix` to `service`, as one file.
-/// Line numbers matter to tests that check provenance: the Mapping starts on line 13.
-pub fn gateway_yaml(listener_port: u16, prefix: &str, service: &str) -> String {
+/// One HTTP Listener `http` on `listener_port` that binds every namespace's Hosts: the
+/// listener every end-to-end gateway starts from. 11 lines.
+pub fn listener_yaml(listener_port: u16) -> String {
     format!(
         "apiVersion: getambassador.io/v3alpha1
 kind: Listener
@@ -392,7 +391,17 @@ spec:
   hostBinding:
     namespace:
       from: ALL
----
+"
+    )
+}
+
+/// The smallest gateway a user writes: [`listener_yaml`] and one Mapping `echo` from
+/// `prefix` to `service`, as one file. Line numbers matter to tests that check
+/// provenance: the Mapping starts on line 13.
+pub fn gateway_yaml(listener_port: u16, prefix: &str, service: &str) -> String {
+    listener_yaml(listener_port)
+        + &format!(
+            "---
 apiVersion: getambassador.io/v3alpha1
 kind: Mapping
 metadata:
@@ -401,5 +410,5 @@ spec:
   prefix: {prefix}
   service: {service}
 "
-    )
+        )
 }
