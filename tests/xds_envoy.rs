@@ -9,47 +9,13 @@ mod util;
 mod xds_util;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use attache::snapshot::{CanarySelector, StoreConfig};
 use attache::translate::Resources;
 use util::{Backend, EnvoyProcess};
-use xds_util::{Server, WAIT, gateway, rejected_listener, snapshot, start_envoy};
-
-/// Where a GET of `path` through Envoy's listener went: the backend's name, or the
-/// status for a response no backend gave.
-fn routed_to(port: u16, path: &str) -> String {
-    match util::http_get(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        "example.com",
-        path,
-        &[],
-    ) {
-        Ok(resp) => match resp.header("x-backend") {
-            Some(name) => name.to_owned(),
-            None => resp.status.to_string(),
-        },
-        Err(e) => format!("error: {e}"),
-    }
-}
-
-/// Polls (blocking, bounded) until `path` is routed to `expected`.
-fn expect_route(envoy: &EnvoyProcess, port: u16, path: &str, expected: &str) {
-    let mut last = String::new();
-    let ok = tokio::task::block_in_place(|| {
-        envoy.eventually(WAIT, || {
-            last = routed_to(port, path);
-            last == expected
-        })
-    });
-    assert!(
-        ok,
-        "{path} went to {last:?}, not {expected:?}\n{}",
-        envoy.log()
-    );
-}
+use xds_util::{Server, WAIT, expect_route, gateway, rejected_listener, snapshot, start_envoy};
 
 /// The cluster Envoy's own route table sends `prefix` to (admin `config_dump`), for
 /// when several Envoys share listener ports (Envoy binds with `SO_REUSEPORT`, so traffic

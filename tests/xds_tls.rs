@@ -31,7 +31,7 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
 use prost::Message;
 use util::{Backend, EnvoyProcess};
-use xds_util::{Server, WAIT, gateway, snapshot};
+use xds_util::{Server, WAIT, expect_route, gateway, snapshot};
 
 /// The name in attache's certificate, which Envoy checks.
 const SERVER_NAME: &str = "attache-xds";
@@ -253,30 +253,6 @@ fn client_tls(pki: &Pki, client: &str, ca: &str) -> ClientTls {
         ca: pki.crt(ca).display().to_string(),
         server_name: Some(SERVER_NAME.into()),
     }
-}
-
-fn routed_to(port: u16, path: &str) -> String {
-    match util::http_get(SocketAddr::from(([127, 0, 0, 1], port)), "x", path, &[]) {
-        Ok(resp) => resp
-            .header("x-backend")
-            .map_or_else(|| resp.status.to_string(), str::to_owned),
-        Err(e) => format!("error: {e}"),
-    }
-}
-
-fn expect_route(envoy: &EnvoyProcess, port: u16, path: &str, expected: &str) {
-    let mut last = String::new();
-    let ok = tokio::task::block_in_place(|| {
-        envoy.eventually(WAIT, || {
-            last = routed_to(port, path);
-            last == expected
-        })
-    });
-    assert!(
-        ok,
-        "{path} went to {last:?}, not {expected:?}\n{}",
-        envoy.log()
-    );
 }
 
 fn stat(envoy: &EnvoyProcess, name: &str) -> u64 {

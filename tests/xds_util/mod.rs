@@ -474,3 +474,36 @@ pub fn start_envoy(
     std::fs::write(&path, bootstrap.encode_to_vec()).expect("write bootstrap");
     crate::util::EnvoyProcess::start(envoy, &path, admin_port)
 }
+
+/// Where a GET of `path` through Envoy's listener went: the backend's name, or the
+/// status for a response no backend gave.
+pub fn routed_to(port: u16, path: &str) -> String {
+    match super::util::http_get(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "example.com",
+        path,
+        &[],
+    ) {
+        Ok(resp) => match resp.header("x-backend") {
+            Some(name) => name.to_owned(),
+            None => resp.status.to_string(),
+        },
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Polls (blocking, bounded) until `path` is routed to `expected`.
+pub fn expect_route(envoy: &super::util::EnvoyProcess, port: u16, path: &str, expected: &str) {
+    let mut last = String::new();
+    let ok = tokio::task::block_in_place(|| {
+        envoy.eventually(WAIT, || {
+            last = routed_to(port, path);
+            last == expected
+        })
+    });
+    assert!(
+        ok,
+        "{path} went to {last:?}, not {expected:?}\n{}",
+        envoy.log()
+    );
+}
