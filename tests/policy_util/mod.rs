@@ -238,19 +238,10 @@ fn serve(mut stream: TcpStream, hits: &AtomicU64, seen: &Mutex<Vec<Seen>>, scrip
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     for _ in 0..10_000 {
-        let head_end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(head) = util::read_head(&mut stream, &mut buf) else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end + 4);
         let mut lines = head.split("\r\n");
         let mut request_line = lines.next().unwrap_or_default().split_whitespace();
         let method = request_line.next().unwrap_or_default().to_owned();
@@ -269,9 +260,8 @@ fn serve(mut stream: TcpStream, hits: &AtomicU64, seen: &Mutex<Vec<Seen>>, scrip
         let body: Vec<u8> = if chunked {
             // Read through the last chunk, then decode.
             while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if util::read_more(&mut stream, &mut buf).is_none() {
+                    return;
                 }
             }
             let end = buf
@@ -285,11 +275,8 @@ fn serve(mut stream: TcpStream, hits: &AtomicU64, seen: &Mutex<Vec<Seen>>, scrip
                 .map(|r| r.body)
                 .unwrap_or_default()
         } else {
-            while buf.len() < length {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            if !util::fill_to(&mut stream, &mut buf, length) {
+                return;
             }
             buf.drain(..length).collect()
         };

@@ -311,24 +311,53 @@ impl Drop for Backend {
     }
 }
 
+/// Reads from `stream` until `buf` holds a whole HTTP/1.1 request head; returns the head
+/// (without its blank line) and leaves what follows it in `buf`. `None` when the peer
+/// closes or goes quiet (the stream's read timeout) first.
+pub fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        read_more(stream, buf)?;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end + 4);
+    Some(head)
+}
+
+/// Reads from `stream` until `buf` holds at least `len` bytes; false when the peer closes
+/// or goes quiet first.
+pub fn fill_to(stream: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> bool {
+    while buf.len() < len {
+        if read_more(stream, buf).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// One read appended to `buf`; `None` at end of stream or on an error.
+pub fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
 fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic::AtomicU64) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     // Keep-alive: answer requests until the peer closes or goes quiet.
     for _ in 0..10_000 {
-        let head_end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let Some(head) = read_head(&mut stream, &mut buf) else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end + 4);
         let mut lines = head.split("\r\n");
         let request_line = lines.next().unwrap_or_default().to_owned();
         let path = request_line
@@ -343,11 +372,8 @@ fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic:
             .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0);
-        while buf.len() < content_length {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        if !fill_to(&mut stream, &mut buf, content_length) {
+            return;
         }
         buf.drain(..content_length);
         hits.fetch_add(1, Ordering::Relaxed);
