@@ -341,9 +341,9 @@ fn list<M: prost::Name + prost::Message>(messages: &[M]) -> Result<Value> {
 }
 
 /// Writes whole `double`s as integers: `google.protobuf.Struct` holds every number as a
-/// double, so provenance would otherwise read `line: 59.0`. The proto3 JSON parsers
-/// (Envoy's included) read `59` into a double field just the same. Only values a double
-/// holds exactly (below 2^53) are changed.
+/// double, so a whole number in one (an access log's JSON format) would otherwise read
+/// `59.0`. The proto3 JSON parsers (Envoy's included) read `59` into a double field just
+/// the same. Only values a double holds exactly (below 2^53) are changed.
 fn whole_numbers(value: &mut Value) {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match value {

@@ -1,25 +1,32 @@
 //! Provenance: which config file and resource each Envoy resource came from.
 //!
 //! Every Listener, RouteConfiguration, VirtualHost, Route, filter chain and Cluster carries
-//! `metadata.typed_filter_metadata["attache"]`: a `google.protobuf.Struct` with `file`,
-//! `line`, `kind`, `namespace`, `name` and, where several Mappings share one resource
-//! (clusters, weighted routes), `mappings`. Envoy shows it in `/config_dump`, and the
-//! admin `/diag` page reads it back with [`Provenance::from_metadata`].
+//! `metadata.filter_metadata["attache"]`, a `google.protobuf.Struct` with one key,
+//! `source`, whose value is a list of strings:
 //!
-//! Why the typed map and not `filter_metadata`: prost holds `Struct.fields` in a
-//! `HashMap`, and encodes it in hash order, which differs between two maps with the same
-//! content. A multi-field Struct would make the encoded bytes, and so the snapshot
-//! versions, differ between two translations of the same commit. Here the Struct is
-//! encoded by hand in key order (one single-entry Struct per field, concatenated, which
-//! protobuf's map merge reads as one Struct) and carried as an `Any`, whose bytes prost
-//! copies as they are. Envoy and any proto3 JSON printer read it as a plain Struct.
+//! ```text
+//! ["mappings/users.yaml:12", "Mapping", "shop", "users"]
+//! ["mappings/users.yaml:12", "Mapping", "shop", "users", "shop/users", "shop/users-canary"]
+//! ```
+//!
+//! that is `FILE:LINE` (empty for built-in defaults), kind, namespace and name, and, where
+//! several Mappings share one resource (clusters, weighted routes), the `namespace/name`
+//! of each of them. Envoy shows it in `/config_dump`, and the admin `/diag` page and
+//! `attache diff` read it back with [`Provenance::from_metadata`].
+//!
+//! Why this shape: every route carries it, so it is a large share of the bytes each node
+//! receives (a 1k-route RouteConfiguration goes to every node on every route change).
+//! One key keeps the encoding deterministic even though prost holds `Struct.fields` in a
+//! `HashMap` (a map of one entry has one order), and a list of strings costs a few bytes
+//! per item where a Struct of named fields, or an `Any` with its type URL, costs tens.
+//! Each part is its own string, so names and paths holding spaces, `/` or `:` read back
+//! exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
-use envoy_types::pb::google::protobuf::{Any, ListValue, Struct, Value};
-use prost::{Message, Name};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
 
 use super::names::METADATA_NAMESPACE;
 use crate::config::Meta;
@@ -83,99 +90,83 @@ impl Provenance {
 
     /// Envoy metadata holding this provenance under `attache`, encoded deterministically.
     pub fn to_metadata(&self) -> Metadata {
-        let mut fields = BTreeMap::new();
-        fields.insert("file", string(&self.file));
-        fields.insert("line", number(f64::from(self.line)));
-        fields.insert("kind", string(&self.kind));
-        fields.insert("namespace", string(&self.namespace));
-        fields.insert("name", string(&self.name));
-        if !self.mappings.is_empty() {
-            let values = self.mappings.iter().map(|m| string(m)).collect();
-            fields.insert(
-                "mappings",
-                Value {
-                    kind: Some(ValueKind::ListValue(ListValue { values })),
-                },
-            );
-        }
-        let mut value = Vec::new();
-        for (key, field) in fields {
-            let single = Struct {
-                fields: HashMap::from([(key.to_owned(), field)]),
-            };
-            single
-                .encode(&mut value)
-                .expect("a Vec grows as needed, so encoding cannot run out of room");
-        }
+        let location = if self.file.is_empty() && self.line == 0 {
+            String::new()
+        } else {
+            format!("{}:{}", self.file, self.line)
+        };
+        let mut values = Vec::with_capacity(4 + self.mappings.len());
+        values.push(string(location));
+        values.push(string(self.kind.clone()));
+        values.push(string(self.namespace.clone()));
+        values.push(string(self.name.clone()));
+        values.extend(self.mappings.iter().map(|m| string(m.clone())));
+        let source = Value {
+            kind: Some(ValueKind::ListValue(ListValue { values })),
+        };
         Metadata {
-            filter_metadata: HashMap::new(),
-            typed_filter_metadata: HashMap::from([(
+            filter_metadata: HashMap::from([(
                 METADATA_NAMESPACE.to_owned(),
-                Any {
-                    type_url: Struct::type_url(),
-                    value,
+                Struct {
+                    fields: HashMap::from([(SOURCE_KEY.to_owned(), source)]),
                 },
             )]),
+            typed_filter_metadata: HashMap::new(),
         }
     }
 
     /// Reads back what [`Provenance::to_metadata`] wrote; `None` when the metadata holds
-    /// no attache provenance or it cannot be decoded.
+    /// no attache provenance or it is not in that shape.
     pub fn from_metadata(metadata: &Metadata) -> Option<Provenance> {
-        let any = metadata.typed_filter_metadata.get(METADATA_NAMESPACE)?;
-        if any.type_url != Struct::type_url() {
+        let source = metadata
+            .filter_metadata
+            .get(METADATA_NAMESPACE)?
+            .fields
+            .get(SOURCE_KEY)?;
+        let Some(ValueKind::ListValue(list)) = source.kind.as_ref() else {
             return None;
-        }
-        let decoded = Struct::decode(any.value.as_slice()).ok()?;
-        let text = |key: &str| match decoded.fields.get(key)?.kind.as_ref()? {
-            ValueKind::StringValue(s) => Some(s.clone()),
+        };
+        let mut parts = list.values.iter().map(|v| match v.kind.as_ref() {
+            Some(ValueKind::StringValue(s)) => Some(s.as_str()),
             _ => None,
+        });
+        let location = parts.next()??;
+        let (file, line) = if location.is_empty() {
+            ("", 0)
+        } else {
+            let (file, line) = location.rsplit_once(':')?;
+            (file, line.parse().ok()?)
         };
-        let line = match decoded.fields.get("line")?.kind.as_ref()? {
-            ValueKind::NumberValue(n)
-                if n.is_finite() && *n >= 0.0 && *n <= f64::from(u32::MAX) =>
-            {
-                *n as u32
-            }
-            _ => return None,
-        };
-        let mappings = match decoded.fields.get("mappings").and_then(|v| v.kind.as_ref()) {
-            Some(ValueKind::ListValue(list)) => list
-                .values
-                .iter()
-                .filter_map(|v| match v.kind.as_ref() {
-                    Some(ValueKind::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let kind = parts.next()??.to_owned();
+        let namespace = parts.next()??.to_owned();
+        let name = parts.next()??.to_owned();
+        let mappings = parts
+            .map(|m| m.map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
         Some(Provenance {
-            file: text("file")?,
+            file: file.to_owned(),
             line,
-            kind: text("kind")?,
-            namespace: text("namespace")?,
-            name: text("name")?,
+            kind,
+            namespace,
+            name,
             mappings,
         })
     }
 }
 
-fn string(s: &str) -> Value {
+/// The one key of the `attache` Struct.
+const SOURCE_KEY: &str = "source";
+
+fn string(s: String) -> Value {
     Value {
-        kind: Some(ValueKind::StringValue(s.to_owned())),
+        kind: Some(ValueKind::StringValue(s)),
     }
 }
-
-fn number(n: f64) -> Value {
-    Value {
-        kind: Some(ValueKind::NumberValue(n)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use prost::Message;
 
     use super::*;
     use crate::config::{Kind, Origin};
@@ -218,17 +209,80 @@ mod tests {
     }
 
     #[test]
-    fn decodes_as_an_ordinary_struct() {
+    fn is_one_list_of_strings_under_source() {
         let metadata = Provenance::of(&meta("users", 7)).to_metadata();
-        let any = &metadata.typed_filter_metadata[METADATA_NAMESPACE];
-        let decoded = Struct::decode(any.value.as_slice()).expect("a Struct");
-        let keys: std::collections::BTreeSet<&str> =
-            decoded.fields.keys().map(String::as_str).collect();
+        assert!(metadata.typed_filter_metadata.is_empty());
+        let fields = &metadata.filter_metadata[METADATA_NAMESPACE].fields;
+        assert_eq!(fields.len(), 1);
+        let Some(ValueKind::ListValue(list)) = fields[SOURCE_KEY].kind.as_ref() else {
+            panic!("source is not a list: {fields:?}");
+        };
+        let parts: Vec<&str> = list
+            .values
+            .iter()
+            .map(|v| match v.kind.as_ref() {
+                Some(ValueKind::StringValue(s)) => s.as_str(),
+                other => panic!("not a string: {other:?}"),
+            })
+            .collect();
+        assert_eq!(parts, ["mappings/users.yaml:7", "Mapping", "shop", "users"]);
+    }
+
+    #[test]
+    fn awkward_names_and_paths_read_back_exactly() {
+        let mut m = meta("a name/with: spaces", 3);
+        m.namespace = "ns:odd/one".into();
+        m.origin.file = Arc::from("dir with space/x:1.yaml");
+        let p = Provenance::of(&m);
+        assert_eq!(Provenance::from_metadata(&p.to_metadata()), Some(p));
+        let builtin = Provenance::builtin("Listener", "default-http");
         assert_eq!(
-            keys,
-            ["file", "kind", "line", "name", "namespace"]
-                .into_iter()
-                .collect()
+            Provenance::from_metadata(&builtin.to_metadata()),
+            Some(builtin)
+        );
+    }
+
+    #[test]
+    fn a_shape_it_did_not_write_reads_as_none() {
+        let with = |values: Vec<Value>| Metadata {
+            filter_metadata: HashMap::from([(
+                METADATA_NAMESPACE.to_owned(),
+                Struct {
+                    fields: HashMap::from([(
+                        SOURCE_KEY.to_owned(),
+                        Value {
+                            kind: Some(ValueKind::ListValue(ListValue { values })),
+                        },
+                    )]),
+                },
+            )]),
+            typed_filter_metadata: HashMap::new(),
+        };
+        let s = |text: &str| string(text.to_owned());
+        // Too short, a line that is not a number, a part that is not a string.
+        let bad = [
+            vec![s("a.yaml:1"), s("Mapping"), s("ns")],
+            vec![s("a.yaml:one"), s("Mapping"), s("ns"), s("x")],
+            vec![
+                s("a.yaml:1"),
+                s("Mapping"),
+                s("ns"),
+                Value {
+                    kind: Some(ValueKind::NumberValue(1.0)),
+                },
+            ],
+        ];
+        for values in bad {
+            assert_eq!(
+                Provenance::from_metadata(&with(values.clone())),
+                None,
+                "{values:?}"
+            );
+        }
+        let good = with(vec![s("a.yaml:1"), s("Mapping"), s("ns"), s("x")]);
+        assert_eq!(
+            Provenance::from_metadata(&good).map(|p| (p.file, p.line)),
+            Some(("a.yaml".to_owned(), 1))
         );
     }
 

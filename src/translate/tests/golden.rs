@@ -5,7 +5,7 @@
 //!
 //! The rendering is prost's pretty `Debug` with three changes that make it reviewable:
 //! every `Any` is decoded and shown as the message it holds (recursively), our provenance
-//! `Struct` is shown with its keys sorted, and lines holding a default value (`None`,
+//! is shown as its list of strings on one line, and lines holding a default value (`None`,
 //! `0`, `false`, `""`, `[]`, `{}`) are left out, as proto3 leaves them out on the wire.
 //! Certificates and keys are shown as their length only.
 
@@ -115,7 +115,7 @@ fn rendering_decodes_anys_and_drops_defaults() {
         text.contains("@type: type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"),
         "{text}"
     );
-    assert!(text.contains("\"kind\": \"Mapping\""), "{text}");
+    assert!(text.contains("\"Mapping\", \"default\", \"a\"],"), "{text}");
     assert!(!text.contains(": None,"), "{text}");
     assert!(!text.contains("value: ["), "undecoded Any bytes: {text}");
 }
@@ -194,6 +194,24 @@ fn clean(debug: &str) -> String {
                     continue;
                 }
             }
+        }
+        // Our provenance: its list of strings on one line.
+        if line.trim() == "\"attache\": Struct {" {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            let end = format!("{indent}}},");
+            let mut parts = Vec::new();
+            let mut j = i + 1;
+            while j < lines.len() && lines[j] != end {
+                if lines[j].trim() == "StringValue(" {
+                    if let Some(text) = lines.get(j + 1) {
+                        parts.push(text.trim().trim_end_matches(','));
+                    }
+                }
+                j += 1;
+            }
+            let _ = writeln!(out, "{indent}\"attache\": source [{}],", parts.join(", "));
+            i = j + 1;
+            continue;
         }
         if !is_default_line(line) {
             out.push_str(line);
