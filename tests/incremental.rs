@@ -146,7 +146,8 @@ fn step(
     cold_diagnostics.sort();
     match (cold_outcome.into_result(), built.result) {
         (Ok((config, _)), Ok((inc_config, snapshot))) => {
-            assert_eq!(inc_config, config, "{label}: validated config differs");
+            assert_eq!(*inc_config, config, "{label}: validated config differs");
+            drop(inc_config);
             let mut cold_warnings: Vec<_> = cold_diagnostics
                 .iter()
                 .filter(|d| !d.is_error())
