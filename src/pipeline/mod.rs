@@ -84,6 +84,20 @@ pub struct Built {
     pub warnings: Vec<Diagnostic>,
     /// Where the time went (`read` is the caller's).
     pub timings: StageTimings,
+    /// Which way it was built.
+    pub way: Way,
+}
+
+/// Which way [`Incremental::build`] built a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Loaded and translated whole (reusing unchanged files' parses and memoised
+    /// routes and clusters).
+    Whole,
+    /// As a change of Mappings to the applied config. `translated_whole` when the
+    /// translation still ran whole (other endpoints, a cluster name the change would
+    /// make collide).
+    Mappings { translated_whole: bool },
 }
 
 impl Pipeline {
@@ -423,6 +437,7 @@ impl Incremental {
                     result: Err(Outcome::Rejected { errors }),
                     warnings,
                     timings,
+                    way: Way::Whole,
                 };
             }
         };
@@ -462,6 +477,7 @@ impl Incremental {
             result,
             warnings: diagnostics,
             timings,
+            way: Way::Whole,
         }
     }
 
@@ -502,6 +518,7 @@ impl Incremental {
         let translated = self
             .translate
             .translate_delta(config, &delta.removed, &delta.added, endpoints);
+        let translated_whole = translated.is_none();
         let (resources, reuse) =
             translated.unwrap_or_else(|| self.translate.translate(config, endpoints));
         timings.translate = started.elapsed();
@@ -527,6 +544,7 @@ impl Incremental {
             result,
             warnings,
             timings,
+            way: Way::Mappings { translated_whole },
         })
     }
 
