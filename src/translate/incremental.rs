@@ -183,14 +183,20 @@ impl Cache {
             .zip(&plans)
             .map(|((shell, layouts), plan)| (shell, layouts, vhost::attachments(plan, config)))
             .collect();
-        let routes = Routes::new(configs, &groups, &mut |index, headers| {
+        let buffers = self
+            .steady
+            .as_mut()
+            .map(|s| s.routes.take_buffers())
+            .unwrap_or_default();
+        let route = &mut |index: usize, headers: &[HeaderMatcher]| {
             memos[index]
                 .variants
                 .iter()
                 .find(|v| v.headers == headers)
                 .map(|v| v.body.clone())
                 .unwrap_or_default()
-        });
+        };
+        let routes = Routes::new(configs, &groups, route, buffers);
         out.routes.extend(routes.encoded());
         for (group, mut memo) in groups.iter().zip(memos) {
             memo.variants.retain(|v| v.used);
@@ -645,10 +651,10 @@ fn build_variants(
 }
 
 /// Field `tag` holding the message encoded as `bytes`.
-pub(super) fn length_delimited(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+pub(super) fn length_delimited(tag: u32, bytes: &[u8], out: &mut impl bytes::BufMut) {
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
+    out.put_slice(bytes);
 }
 
 /// `group`'s route with `headers` appended to its match, encoded.
