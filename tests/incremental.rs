@@ -243,7 +243,12 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
     edit(&mut files, "teams/2/mappings.yaml", "/t2/a/", "/t2/a2/");
     apply("change", &files, &mut inc, MAPPINGS).expect("accepted");
     // Change the weighted group (its shared route and provenance).
-    edit(&mut files, "teams/3/mappings.yaml", "weight: 30", "weight: 60");
+    edit(
+        &mut files,
+        "teams/3/mappings.yaml",
+        "weight: 30",
+        "weight: 60",
+    );
     apply("weight", &files, &mut inc, MAPPINGS).expect("accepted");
     // A precedence: the route goes first in every virtual host it is on.
     edit(
@@ -312,15 +317,21 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
     apply("new file", &files, &mut inc, MAPPINGS).expect("accepted");
     let n1 = mapping("team-5", "n1", "  prefix: /n1/\n  service: n1:80\n");
     edit(&mut files, "teams/5/new.yaml", &n1, "");
-    files.get_mut("teams/0/mappings.yaml").unwrap().push_str(&n1);
+    files
+        .get_mut("teams/0/mappings.yaml")
+        .unwrap()
+        .push_str(&n1);
     apply("moved", &files, &mut inc, MAPPINGS).expect("accepted");
     // An address whose cluster name collides with a Service's: both names change, so
     // translation runs whole.
-    files.get_mut("teams/5/new.yaml").unwrap().push_str(&mapping(
-        "team-5",
-        "collide",
-        "  prefix: /collide/\n  service: coll.team.five:80\n",
-    ));
+    files
+        .get_mut("teams/5/new.yaml")
+        .unwrap()
+        .push_str(&mapping(
+            "team-5",
+            "collide",
+            "  prefix: /collide/\n  service: coll.team.five:80\n",
+        ));
     let collided = Way::Mappings {
         translated_whole: true,
     };

@@ -174,8 +174,7 @@ impl Cache {
         let affected: Vec<&Mapping> = old_versions.iter().chain(&new_versions).copied().collect();
         let in_group = |m: &Mapping| affected.iter().any(|a| validate::same_match_key(a, m));
         let old_order = Order::new(&base.paths, |path| self.entry(path));
-        let mut old_group: Vec<&Mapping> =
-            config.mappings.iter().filter(|m| in_group(m)).collect();
+        let mut old_group: Vec<&Mapping> = config.mappings.iter().filter(|m| in_group(m)).collect();
         old_order.sort(&mut old_group)?;
         let fresh_by_path: HashMap<&str, &Entry> = fresh
             .iter()
@@ -183,7 +182,10 @@ impl Cache {
             .collect();
         let new_paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         let new_order = Order::new(&new_paths, |path| {
-            fresh_by_path.get(path).copied().or_else(|| self.entry(path))
+            fresh_by_path
+                .get(path)
+                .copied()
+                .or_else(|| self.entry(path))
         });
         // The old versions leave the groups; the new ones join them.
         let changing: BTreeSet<(&str, &str)> = old_versions
@@ -270,8 +272,7 @@ impl Cache {
                     return None;
                 };
                 let memo = validate::mapping_memo(p, spec, &base.defaults);
-                if memo.mapping().is_none() || memo.diagnostics().iter().any(Diagnostic::is_error)
-                {
+                if memo.mapping().is_none() || memo.diagnostics().iter().any(Diagnostic::is_error) {
                     return None;
                 }
                 memos.push(Some(memo));

@@ -404,7 +404,8 @@ impl Incremental {
         previous: Option<&Snapshot>,
     ) -> Built {
         if revision.problems.is_empty()
-            && let Some(built) = self.build_changed_mappings(&revision, options, endpoints, previous)
+            && let Some(built) =
+                self.build_changed_mappings(&revision, options, endpoints, previous)
         {
             return built;
         }
@@ -495,7 +496,9 @@ impl Incremental {
         let started = Instant::now();
         let applied = self.applied.as_mut()?;
         let config = Arc::make_mut(applied);
-        let delta = self.config.load_mappings(&revision.files, options, config)?;
+        let delta = self
+            .config
+            .load_mappings(&revision.files, options, config)?;
         timings.parse = started.elapsed();
         let id = &revision.meta.id;
         tracing::debug!(
@@ -515,9 +518,9 @@ impl Incremental {
             warnings.push(d);
         }
         let started = Instant::now();
-        let translated = self
-            .translate
-            .translate_delta(config, &delta.removed, &delta.added, endpoints);
+        let translated =
+            self.translate
+                .translate_delta(config, &delta.removed, &delta.added, endpoints);
         let translated_whole = translated.is_none();
         let (resources, reuse) =
             translated.unwrap_or_else(|| self.translate.translate(config, endpoints));

@@ -290,9 +290,10 @@ impl Cache {
         let mut memos: Vec<RouteMemo> = new_groups
             .iter()
             .map(|group| {
-                let kept = self.routes.remove(&memo_key(group)).filter(|memo| {
-                    memo.fits(group, &self.cluster_names, false, auth_enabled)
-                });
+                let kept = self
+                    .routes
+                    .remove(&memo_key(group))
+                    .filter(|memo| memo.fits(group, &self.cluster_names, false, auth_enabled));
                 match kept {
                     Some(memo) => {
                         reuse.routes_reused += 1;
@@ -399,13 +400,13 @@ impl Cache {
                 .filter(|m| target(m) == Some(t))
                 .map(|m| (m.meta.namespace.as_str(), m.meta.name.as_str()))
                 .collect();
-            let coming = added.iter().filter(|m| target(m) == Some(t)).map(|m| &m.meta);
+            let coming = added
+                .iter()
+                .filter(|m| target(m) == Some(t))
+                .map(|m| &m.meta);
             let (name, before) = match self.cluster_names.get(t) {
                 Some(name) => {
-                    let at = self
-                        .clusters
-                        .binary_search_by(|(n, _)| n.cmp(name))
-                        .ok()?;
+                    let at = self.clusters.binary_search_by(|(n, _)| n.cmp(name)).ok()?;
                     (name.clone(), self.clusters[at].1.users.as_slice())
                 }
                 None => {
@@ -436,7 +437,8 @@ impl Cache {
         }
         for (name, target, users) in rebuilt {
             let provenance = Provenance::shared(&users);
-            let cluster = cluster::cluster(config, &target, &name, provenance, &endpoints.resolution);
+            let cluster =
+                cluster::cluster(config, &target, &name, provenance, &endpoints.resolution);
             reuse.clusters_built += 1;
             let memo = ClusterMemo {
                 target: target.clone(),

@@ -118,7 +118,14 @@ struct Slot {
 /// An [`OrderKey`] that owns its text, shared by the slots of one group.
 #[derive(Debug, Clone)]
 pub(super) struct Key {
-    rank: (Reverse<i32>, Reverse<usize>, Reverse<usize>, Reverse<usize>, u8, bool),
+    rank: (
+        Reverse<i32>,
+        Reverse<usize>,
+        Reverse<usize>,
+        Reverse<usize>,
+        u8,
+        bool,
+    ),
     text: Arc<(String, String, String)>,
 }
 
@@ -155,7 +162,11 @@ impl Routes {
     /// each virtual host's attachment; `route(index, headers)` is group `index`'s
     /// encoding in a virtual host that appends `headers`.
     pub(super) fn new(
-        configs: Vec<(RouteConfiguration, Vec<VirtualHostLayout>, Vec<Option<Attachment>>)>,
+        configs: Vec<(
+            RouteConfiguration,
+            Vec<VirtualHostLayout>,
+            Vec<Option<Attachment>>,
+        )>,
         groups: &[Group<'_>],
         route: &mut RouteBytes<'_>,
         mut buffers: Buffers,
@@ -176,9 +187,9 @@ impl Routes {
                 for slot in layout.routes {
                     match slot {
                         RouteSlot::Group { index, headers } => {
-                            let key = attachment.as_ref().and_then(|at| {
-                                vhost::slot(&groups[index], &at.pattern, &at.extra)
-                            });
+                            let key = attachment
+                                .as_ref()
+                                .and_then(|at| vhost::slot(&groups[index], &at.pattern, &at.extra));
                             let key = match key {
                                 Some((key, _)) => key,
                                 None => {
@@ -234,8 +245,7 @@ impl Routes {
     pub(super) fn same_attachments(&self, attachments: &[Vec<Option<Attachment>>]) -> bool {
         self.configs.len() == attachments.len()
             && self.configs.iter().zip(attachments).all(|(c, a)| {
-                c.vhosts.len() == a.len()
-                    && c.vhosts.iter().zip(a).all(|(v, a)| v.attachment == *a)
+                c.vhosts.len() == a.len() && c.vhosts.iter().zip(a).all(|(v, a)| v.attachment == *a)
             })
     }
 
@@ -303,7 +313,9 @@ impl Routes {
 
     /// Every RouteConfiguration, encoded: (name, bytes), in listener-plan order.
     pub(super) fn encoded(&self) -> impl Iterator<Item = (String, Bytes)> + '_ {
-        self.configs.iter().map(|c| (c.name.clone(), c.body.clone()))
+        self.configs
+            .iter()
+            .map(|c| (c.name.clone(), c.body.clone()))
     }
 }
 
@@ -368,5 +380,9 @@ pub(super) fn config_shell(shell: RouteConfiguration) -> (String, Vec<u8>, Vec<u
         virtual_hosts: Vec::new(),
         ..shell
     };
-    (head.name.clone(), head.encode_to_vec(), tail.encode_to_vec())
+    (
+        head.name.clone(),
+        head.encode_to_vec(),
+        tail.encode_to_vec(),
+    )
 }
