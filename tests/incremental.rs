@@ -150,11 +150,8 @@ fn step(
         (Ok((config, _)), Ok((inc_config, snapshot))) => {
             assert_eq!(*inc_config, config, "{label}: validated config differs");
             drop(inc_config);
-            let mut cold_warnings: Vec<_> = cold_diagnostics
-                .iter()
-                .filter(|d| !d.is_error())
-                .cloned()
-                .collect();
+            // Accepted: every diagnostic goes with it (errors too, under SkipInvalid).
+            let mut cold_warnings = cold_diagnostics.clone();
             cold_warnings.extend(attache::endpoints::missing_services(&config, endpoints));
             assert_eq!(built.warnings, cold_warnings, "{label}: warnings differ");
             let resources = translate::translate(&config, endpoints);
@@ -393,6 +390,68 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
     expected.sort();
     assert_eq!(resources, expected);
     assert_eq!(types, expected_types);
+}
+
+#[test]
+fn issue_4_with_skip_invalid_a_revision_with_errors_is_served_and_the_next_loaded_whole() {
+    let options = Options {
+        policy: Policy::SkipInvalid,
+        ..Default::default()
+    };
+    let endpoints = endpoints();
+    let mut inc = Incremental::default();
+    let mut files = base();
+    let (first, _) = step("base", &mut inc, None, &files, &options, &endpoints);
+    let mut previous = first;
+    // An invalid Mapping is left out and the rest served; that revision has an error,
+    // so it is no base for the steady way, and neither way may drop the error.
+    files.insert(
+        "teams/9/bad.yaml".into(),
+        mapping("team-9", "bad", "  prefix: nope\n  service: x\n"),
+    );
+    let (next, way) = step(
+        "skip",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, Way::Whole);
+    previous = Some(next.expect("served without the bad Mapping"));
+    let t0 = files.get_mut("teams/0/mappings.yaml").unwrap();
+    *t0 = t0.replacen("/t0/a/", "/t0/a0/", 1);
+    let (next, way) = step(
+        "after",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, Way::Whole);
+    previous = Some(next.expect("accepted"));
+    // The error fixed: the next change of Mappings goes the steady way again.
+    files.remove("teams/9/bad.yaml");
+    let (next, _) = step(
+        "fixed",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    let t0 = files.get_mut("teams/0/mappings.yaml").unwrap();
+    *t0 = t0.replacen("/t0/a0/", "/t0/a1/", 1);
+    let (_, way) = step(
+        "steady",
+        &mut inc,
+        next.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, MAPPINGS);
 }
 
 /// A tiny deterministic generator: the same mutations on every run.

@@ -284,8 +284,13 @@ impl Cache {
         let new_groups = route::groups_of(config.mappings.iter().filter(|m| affected(m)));
 
         let auth_enabled = config.auth_service.is_some();
+        // Memos of groups that are gone go; those of groups that stay are checked below.
+        let staying: HashSet<String> = new_groups.iter().map(memo_key).collect();
         for group in &old_groups {
-            self.routes.remove(&memo_key(group));
+            let key = memo_key(group);
+            if !staying.contains(&key) {
+                self.routes.remove(&key);
+            }
         }
         let mut memos: Vec<RouteMemo> = new_groups
             .iter()

@@ -386,3 +386,30 @@ pub(super) fn config_shell(shell: RouteConfiguration) -> (String, Vec<u8>, Vec<u
         tail.encode_to_vec(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_is_written_again_only_once_no_snapshot_holds_it() {
+        let mut buffers = Buffers::default();
+        let mut first = buffers.take(1000);
+        first.put_slice(b"first");
+        let first = buffers.hand_out(first);
+        let address = first.as_ptr();
+        // A snapshot still holds it: the next one gets another buffer.
+        let second = buffers.take(1000);
+        assert_ne!(second.as_ptr(), address);
+        assert!(second.capacity() >= 1000);
+        let _second = buffers.hand_out(second);
+        // The snapshot is gone: its buffer comes back, empty.
+        drop(first);
+        let third = buffers.take(1000);
+        assert_eq!(third.as_ptr(), address);
+        assert!(third.is_empty());
+        // Too small for what is asked: a fresh one.
+        let _third = buffers.hand_out(third);
+        assert!(buffers.take(1 << 20).capacity() >= 1 << 20);
+    }
+}
