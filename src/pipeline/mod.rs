@@ -10,6 +10,7 @@
 //! A revision that fails at any stage changes nothing that is served: the store keeps
 //! the last good snapshot (DESIGN.md, "Rollback safety").
 
+mod missing;
 mod status;
 
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Incremental {
     /// place, so the copy a [`Built`] hands out should be dropped before the next build
     /// (else that build copies it first).
     applied: Option<Arc<Config>>,
+    /// The missing-Service warnings of `applied`.
+    missing: Option<missing::Missing>,
 }
 
 /// What building one revision gave.
@@ -443,9 +446,10 @@ impl Incremental {
             }
         };
         // Mappings whose Service has no EndpointSlice: served, with a warning (issue 5).
-        for d in crate::endpoints::missing_services(&config, endpoints) {
+        let missing = missing::Missing::new(&config, endpoints);
+        for d in missing.diagnostics() {
             tracing::warn!(revision = %revision.meta.id, "{d}");
-            diagnostics.push(d);
+            diagnostics.push(d.clone());
         }
         let started = Instant::now();
         let (resources, reuse) = self.translate.translate(&config, endpoints);
@@ -464,6 +468,7 @@ impl Incremental {
             Ok(snapshot) => {
                 let config = Arc::new(config);
                 self.applied = Some(config.clone());
+                self.missing = Some(missing);
                 Ok((config, snapshot))
             }
             Err(e) => {
@@ -513,9 +518,16 @@ impl Incremental {
         for d in &warnings {
             tracing::warn!(revision = %id, "{d}");
         }
-        for d in crate::endpoints::missing_services(config, endpoints) {
+        let kept = self
+            .missing
+            .as_mut()
+            .and_then(|m| m.update(&delta.removed, &delta.added, endpoints));
+        if kept.is_none() {
+            self.missing = Some(missing::Missing::new(config, endpoints));
+        }
+        for d in self.missing.iter().flat_map(missing::Missing::diagnostics) {
             tracing::warn!(revision = %id, "{d}");
-            warnings.push(d);
+            warnings.push(d.clone());
         }
         let started = Instant::now();
         let translated =
@@ -560,6 +572,7 @@ impl Incremental {
     /// memos stay, as they check their own inputs): the next build is a whole one.
     pub fn forget(&mut self) {
         self.applied = None;
+        self.missing = None;
         self.config.forget_base();
         self.translate.forget_steady();
     }
