@@ -4,9 +4,11 @@
 //! file's bytes, what they parsed into (resources *and* diagnostics, so a rejected
 //! revision still reports the problems of the files it did not touch) and each Mapping's
 //! last validation. The next revision parses only the files whose bytes differ and
-//! re-validates only the Mappings whose inputs differ; every cross-resource check
-//! (duplicate names, Hosts that serve nothing, same-match warnings, TLS references)
-//! still runs over the whole revision.
+//! re-validates only the Mappings whose inputs differ; in [`Cache::load`] every
+//! cross-resource check (duplicate names, Hosts that serve nothing, same-match
+//! warnings, TLS references) still runs over the whole revision. A revision that
+//! changes only Mappings can instead be loaded as a change (`Cache::load_mappings`, in
+//! `config::delta`), which re-checks only what the change touches.
 //!
 //! The key is (path, content): the path because diagnostics and provenance name it, the
 //! content compared byte for byte rather than by a hash, so there is no collision to

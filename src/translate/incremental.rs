@@ -12,13 +12,18 @@
 //!   contexts, secrets and endpoint resolution it was built with;
 //! - a load assignment's encoded bytes, by its Service port's endpoints.
 //!
-//! Everything else (groups, Emissary's route order, cluster names, listeners, secrets)
-//! is computed afresh each time, from the whole config, exactly as [`super::translate`]
-//! does, with the same code. A RouteConfiguration is then assembled from its routes'
-//! bytes: a protobuf message is the concatenation of its fields, and prost writes them
-//! in declaration order, where `name` and `domains` precede a virtual host's `routes`
-//! and `name` precedes a RouteConfiguration's `virtual_hosts`. The result is
-//! byte-identical to encoding [`super::translate`]'s output (see the tests).
+//! In [`Cache::translate`], everything else (groups, Emissary's route order, cluster
+//! names, listeners, secrets) is computed afresh each time, from the whole config,
+//! exactly as [`super::translate`] does, with the same code. A RouteConfiguration is
+//! then assembled from its routes' bytes: a protobuf message is the concatenation of its
+//! fields, and prost writes them in declaration order, where `name` and `domains`
+//! precede a virtual host's `routes` and `name` precedes a RouteConfiguration's
+//! `virtual_hosts`. The result is byte-identical to encoding [`super::translate`]'s
+//! output (see the tests).
+//!
+//! [`Cache::translate_delta`] is the steady state: given what changed (Mappings only),
+//! it works on the last translation's route lists (`steady`) and clusters instead of the
+//! whole config, so its work follows the size of the change.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
