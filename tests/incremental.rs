@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use attache::config::{self, Options, Policy, SourceFile};
 use attache::endpoints::{Endpoint, EndpointHealth, Endpoints, ServiceKey};
-use attache::pipeline::{Incremental, Outcome, RevisionMeta};
+use attache::pipeline::{Incremental, Outcome, RevisionMeta, Way};
 use attache::snapshot::{ResourceType, Snapshot};
 use attache::source::Revision;
 use attache::translate;
@@ -130,7 +130,8 @@ fn contents(snapshot: &Snapshot) -> (Vec<Entry>, Vec<String>) {
 }
 
 /// Applies `files` incrementally and cold, asserts both agree, and returns the
-/// incremental snapshot (when accepted) to serve as the next `previous`.
+/// incremental snapshot (when accepted) to serve as the next `previous`, and the way
+/// the incremental build went.
 fn step(
     label: &str,
     incremental: &mut Incremental,
@@ -138,20 +139,19 @@ fn step(
     files: &Files,
     options: &Options,
     endpoints: &Endpoints,
-) -> Option<Snapshot> {
+) -> (Option<Snapshot>, Way) {
     let id = format!("rev-{label}");
     let cold_outcome = config::load_files(&source_files(files), options);
     let built = incremental.build(revision(&id, files), options, endpoints, previous);
+    let way = built.way;
     let mut cold_diagnostics = cold_outcome.diagnostics.clone();
     cold_diagnostics.sort();
     match (cold_outcome.into_result(), built.result) {
         (Ok((config, _)), Ok((inc_config, snapshot))) => {
-            assert_eq!(inc_config, config, "{label}: validated config differs");
-            let mut cold_warnings: Vec<_> = cold_diagnostics
-                .iter()
-                .filter(|d| !d.is_error())
-                .cloned()
-                .collect();
+            assert_eq!(*inc_config, config, "{label}: validated config differs");
+            drop(inc_config);
+            // Accepted: every diagnostic goes with it (errors too, under SkipInvalid).
+            let mut cold_warnings = cold_diagnostics.clone();
             cold_warnings.extend(attache::endpoints::missing_services(&config, endpoints));
             assert_eq!(built.warnings, cold_warnings, "{label}: warnings differ");
             let resources = translate::translate(&config, endpoints);
@@ -173,7 +173,7 @@ fn step(
                 "{label}"
             );
             snapshot.consistent().expect("consistent");
-            Some(snapshot)
+            (Some(snapshot), way)
         }
         (Err(rejected), Err(Outcome::Rejected { errors })) => {
             let cold_errors: Vec<_> = rejected
@@ -183,7 +183,7 @@ fn step(
                 .cloned()
                 .collect();
             assert_eq!(errors, cold_errors, "{label}: errors differ");
-            None
+            (None, way)
         }
         (cold, inc) => panic!(
             "{label}: cold accepted: {}, incremental: {:?}",
@@ -192,6 +192,11 @@ fn step(
         ),
     }
 }
+
+/// The steady state: a change of Mappings alone.
+const MAPPINGS: Way = Way::Mappings {
+    translated_whole: false,
+};
 
 #[test]
 fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
@@ -202,18 +207,26 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
     let endpoints = endpoints();
     let mut inc = Incremental::default();
     let mut files = base();
-    let first = step("base", &mut inc, None, &files, &options, &endpoints).expect("accepted");
+    let (first, way) = step("base", &mut inc, None, &files, &options, &endpoints);
+    assert_eq!(way, Way::Whole);
+    let first = first.expect("accepted");
     let base_contents = contents(&first);
     let mut previous = Some(first);
-    let mut apply = |label: &str, files: &Files, inc: &mut Incremental| {
-        let next = step(label, inc, previous.as_ref(), files, &options, &endpoints);
+    let mut apply = |label: &str, files: &Files, inc: &mut Incremental, expected: Way| {
+        let (next, way) = step(label, inc, previous.as_ref(), files, &options, &endpoints);
+        assert_eq!(way, expected, "{label}: built the wrong way");
         if next.is_some() {
             previous = next.clone();
         }
         next
     };
+    let edit = |files: &mut Files, path: &str, from: &str, to: &str| {
+        let text = files.get_mut(path).expect("file");
+        assert!(text.contains(from), "{path}: no {from:?}");
+        *text = text.replacen(from, to, 1);
+    };
 
-    // Add a Mapping to one file.
+    // Add a Mapping to one file, for a service no Mapping used: a new cluster.
     files
         .get_mut("teams/1/mappings.yaml")
         .unwrap()
@@ -222,15 +235,52 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
             "added",
             "  prefix: /added/\n  service: added:80\n",
         ));
-    apply("add", &files, &mut inc).expect("accepted");
-    // Change a Mapping's prefix.
-    let t2 = files.get_mut("teams/2/mappings.yaml").unwrap();
-    *t2 = t2.replace("/t2/a/", "/t2/a2/");
-    apply("change", &files, &mut inc).expect("accepted");
+    apply("add", &files, &mut inc, MAPPINGS).expect("accepted");
+    // Change a Mapping's prefix: its route moves within its virtual hosts.
+    edit(&mut files, "teams/2/mappings.yaml", "/t2/a/", "/t2/a2/");
+    apply("change", &files, &mut inc, MAPPINGS).expect("accepted");
     // Change the weighted group (its shared route and provenance).
-    let t3 = files.get_mut("teams/3/mappings.yaml").unwrap();
-    *t3 = t3.replace("weight: 30", "weight: 60");
-    apply("weight", &files, &mut inc).expect("accepted");
+    edit(
+        &mut files,
+        "teams/3/mappings.yaml",
+        "weight: 30",
+        "weight: 60",
+    );
+    apply("weight", &files, &mut inc, MAPPINGS).expect("accepted");
+    // A precedence: the route goes first in every virtual host it is on.
+    edit(
+        &mut files,
+        "teams/0/mappings.yaml",
+        "prefix: /t0/old/\n",
+        "prefix: /t0/old/\n  precedence: 10\n",
+    );
+    apply("precedence", &files, &mut inc, MAPPINGS).expect("accepted");
+    // Another hostname: the route leaves a.example.com's virtual host for b's.
+    edit(
+        &mut files,
+        "teams/2/mappings.yaml",
+        "hostname: a.example.com",
+        "hostname: b.example.com",
+    );
+    apply("move vhost", &files, &mut inc, MAPPINGS).expect("accepted");
+    // Same match as another Mapping and no weight: a warning on the group.
+    files
+        .get_mut("teams/2/mappings.yaml")
+        .unwrap()
+        .push_str(&mapping(
+            "team-2",
+            "twin",
+            "  prefix: /t2/old/\n  service: twin:80\n",
+        ));
+    apply("same match", &files, &mut inc, MAPPINGS).expect("accepted");
+    // `bypass_auth` with no AuthService: a warning on the Mapping.
+    edit(
+        &mut files,
+        "teams/2/mappings.yaml",
+        "service: twin:80\n",
+        "service: twin:80\n  bypass_auth: true\n",
+    );
+    apply("bypass", &files, &mut inc, MAPPINGS).expect("accepted");
     // Remove a Mapping: the one before it in the file keeps its line, those after move.
     let t0 = files.get_mut("teams/0/mappings.yaml").unwrap();
     let removed = mapping(
@@ -240,20 +290,89 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
     );
     assert!(t0.contains(&removed));
     *t0 = t0.replace(&removed, "");
-    apply("remove", &files, &mut inc).expect("accepted");
-    // Change a Host: every Mapping's attachment and authority match is reconsidered.
-    let hosts = files.get_mut("hosts.yaml").unwrap();
-    *hosts = hosts.replace("a.example.com", "aa.example.com");
+    apply("remove", &files, &mut inc, MAPPINGS).expect("accepted");
+    // The last Mapping of a service goes: its cluster and load assignment go too.
     let t1 = files.get_mut("teams/1/mappings.yaml").unwrap();
-    *t1 = t1.replace("hostname: a.example.com", "hostname: aa.example.com");
-    apply("host", &files, &mut inc).expect("accepted");
+    let added = mapping(
+        "team-1",
+        "added",
+        "  prefix: /added/\n  service: added:80\n",
+    );
+    *t1 = t1.replace(&added, "");
+    apply("last user", &files, &mut inc, MAPPINGS).expect("accepted");
+    // A new file of Mappings, then a Mapping moved from it to another file.
+    files.insert(
+        "teams/5/new.yaml".into(),
+        mapping("team-5", "n0", "  prefix: /n0/\n  service: app-1:8080\n")
+            + &mapping("team-5", "n1", "  prefix: /n1/\n  service: n1:80\n")
+            + &mapping(
+                "team-5",
+                "k",
+                "  prefix: /k/\n  service: coll.team-five:80\n",
+            ),
+    );
+    apply("new file", &files, &mut inc, MAPPINGS).expect("accepted");
+    let n1 = mapping("team-5", "n1", "  prefix: /n1/\n  service: n1:80\n");
+    edit(&mut files, "teams/5/new.yaml", &n1, "");
+    files
+        .get_mut("teams/0/mappings.yaml")
+        .unwrap()
+        .push_str(&n1);
+    apply("moved", &files, &mut inc, MAPPINGS).expect("accepted");
+    // An address whose cluster name collides with a Service's: both names change, so
+    // translation runs whole.
+    files
+        .get_mut("teams/5/new.yaml")
+        .unwrap()
+        .push_str(&mapping(
+            "team-5",
+            "collide",
+            "  prefix: /collide/\n  service: coll.team.five:80\n",
+        ));
+    let collided = Way::Mappings {
+        translated_whole: true,
+    };
+    apply("collision", &files, &mut inc, collided).expect("accepted");
+    files.remove("teams/5/new.yaml");
+    apply("file gone", &files, &mut inc, collided).expect("accepted");
+    // A duplicate name across files: rejected with the error a whole load reports.
+    let mut duplicate = files.clone();
+    duplicate.insert(
+        "teams/6/dup.yaml".into(),
+        mapping("team-0", "m0", "  prefix: /dup/\n  service: dup:80\n"),
+    );
+    assert!(apply("duplicate", &duplicate, &mut inc, Way::Whole).is_none());
+    // After a rejected revision, the next one is loaded whole.
+    apply("after rejection", &files, &mut inc, Way::Whole).expect("accepted");
+    // Change a Host: every Mapping's attachment and authority match is reconsidered.
+    edit(&mut files, "hosts.yaml", "a.example.com", "aa.example.com");
+    edit(
+        &mut files,
+        "teams/1/mappings.yaml",
+        "hostname: a.example.com",
+        "hostname: aa.example.com",
+    );
+    apply("host", &files, &mut inc, Way::Whole).expect("accepted");
+    // A Host added, then removed.
+    let hosts = files["hosts.yaml"].clone();
+    files
+        .get_mut("hosts.yaml")
+        .unwrap()
+        .push_str(&host("c", "c.example.com"));
+    apply("host added", &files, &mut inc, Way::Whole).expect("accepted");
+    edit(&mut files, "teams/3/mappings.yaml", "/t3/a/", "/t3/a3/");
+    apply("after host added", &files, &mut inc, MAPPINGS).expect("accepted");
+    files.insert("hosts.yaml".into(), hosts);
+    apply("host removed", &files, &mut inc, Way::Whole).expect("accepted");
     // A Module default every Mapping takes.
     files.insert("module.yaml".into(), module(7000));
-    apply("module", &files, &mut inc).expect("accepted");
+    apply("module", &files, &mut inc, Way::Whole).expect("accepted");
+    edit(&mut files, "teams/3/mappings.yaml", "/t3/a3/", "/t3/a4/");
+    apply("after module", &files, &mut inc, MAPPINGS).expect("accepted");
     // Rename a file: provenance names the new path.
     let moved = files.remove("teams/3/mappings.yaml").unwrap();
     files.insert("teams/3/renamed.yaml".into(), moved);
-    apply("rename", &files, &mut inc).expect("accepted");
+    apply("rename", &files, &mut inc, MAPPINGS).expect("accepted");
     // A broken revision is rejected with the same errors, then a fixed one accepted.
     let mut broken = files.clone();
     broken.insert(
@@ -261,16 +380,78 @@ fn issue_4_a_sequence_of_revisions_matches_a_cold_build_of_each() {
         mapping("team-9", "bad", "  prefix: nope\n  service: x\n"),
     );
     broken.insert("teams/9/worse.yaml".into(), "key: [unclosed\n".into());
-    assert!(apply("broken", &broken, &mut inc).is_none());
-    apply("fixed", &files, &mut inc).expect("accepted");
+    assert!(apply("broken", &broken, &mut inc, Way::Whole).is_none());
+    apply("fixed", &files, &mut inc, Way::Whole).expect("accepted");
     // Revert to the first revision: byte for byte what it was.
-    let reverted = apply("revert", &base(), &mut inc).expect("accepted");
+    let reverted = apply("revert", &base(), &mut inc, Way::Whole).expect("accepted");
     let (mut resources, types) = contents(&reverted);
     let (mut expected, expected_types) = base_contents;
     resources.sort();
     expected.sort();
     assert_eq!(resources, expected);
     assert_eq!(types, expected_types);
+}
+
+#[test]
+fn issue_4_with_skip_invalid_a_revision_with_errors_is_served_and_the_next_loaded_whole() {
+    let options = Options {
+        policy: Policy::SkipInvalid,
+        ..Default::default()
+    };
+    let endpoints = endpoints();
+    let mut inc = Incremental::default();
+    let mut files = base();
+    let (first, _) = step("base", &mut inc, None, &files, &options, &endpoints);
+    let mut previous = first;
+    // An invalid Mapping is left out and the rest served; that revision has an error,
+    // so it is no base for the steady way, and neither way may drop the error.
+    files.insert(
+        "teams/9/bad.yaml".into(),
+        mapping("team-9", "bad", "  prefix: nope\n  service: x\n"),
+    );
+    let (next, way) = step(
+        "skip",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, Way::Whole);
+    previous = Some(next.expect("served without the bad Mapping"));
+    let t0 = files.get_mut("teams/0/mappings.yaml").unwrap();
+    *t0 = t0.replacen("/t0/a/", "/t0/a0/", 1);
+    let (next, way) = step(
+        "after",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, Way::Whole);
+    previous = Some(next.expect("accepted"));
+    // The error fixed: the next change of Mappings goes the steady way again.
+    files.remove("teams/9/bad.yaml");
+    let (next, _) = step(
+        "fixed",
+        &mut inc,
+        previous.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    let t0 = files.get_mut("teams/0/mappings.yaml").unwrap();
+    *t0 = t0.replacen("/t0/a0/", "/t0/a1/", 1);
+    let (_, way) = step(
+        "steady",
+        &mut inc,
+        next.as_ref(),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, MAPPINGS);
 }
 
 /// A tiny deterministic generator: the same mutations on every run.
@@ -292,9 +473,10 @@ fn issue_4_random_edits_match_a_cold_build_after_every_revision() {
     let endpoints = endpoints();
     let mut inc = Incremental::default();
     let mut files = base();
-    let mut previous = step("gen-0", &mut inc, None, &files, &options, &endpoints);
+    let (mut previous, _) = step("gen-0", &mut inc, None, &files, &options, &endpoints);
     let mut rng = Lcg(7);
     let mut accepted = 0;
+    let mut steady = 0;
     for round in 1..=40 {
         let team = rng.next(5);
         let path = format!("teams/{team}/mappings.yaml");
@@ -319,7 +501,7 @@ fn issue_4_random_edits_match_a_cold_build_after_every_revision() {
                 files.remove(&path);
             }
         }
-        let next = step(
+        let (next, way) = step(
             &format!("gen-{round}"),
             &mut inc,
             previous.as_ref(),
@@ -327,6 +509,9 @@ fn issue_4_random_edits_match_a_cold_build_after_every_revision() {
             &options,
             &endpoints,
         );
+        if way == MAPPINGS {
+            steady += 1;
+        }
         if next.is_some() {
             accepted += 1;
             previous = next;
@@ -336,6 +521,7 @@ fn issue_4_random_edits_match_a_cold_build_after_every_revision() {
         accepted >= 20,
         "too few accepted revisions to mean much: {accepted}"
     );
+    assert!(steady >= 10, "too few went the steady way: {steady}");
 }
 
 #[test]

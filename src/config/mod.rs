@@ -11,6 +11,7 @@
 //! git source has them).
 
 mod cache;
+mod delta;
 mod diag;
 mod load;
 mod model;
@@ -21,6 +22,7 @@ pub mod yaml;
 use std::path::{Path, PathBuf};
 
 pub use cache::{Cache, Reuse};
+pub use delta::MappingDelta;
 pub use diag::{Diagnostic, ResourceRef, Severity};
 pub use load::{CONFIG_ANNOTATION, Error, SourceFile, read_dir};
 pub use model::*;

@@ -18,12 +18,12 @@ use super::yaml::At;
 mod policy;
 mod rate_limits;
 mod services;
-mod shared_routes;
+pub(super) mod shared_routes;
 #[cfg(test)]
 mod tests;
-mod tls_refs;
+pub(super) mod tls_refs;
 
-use policy::MappingDefaults;
+pub(super) use policy::MappingDefaults;
 
 /// Emissary's default request timeout.
 const DEFAULT_TIMEOUT_MS: u32 = 3_000;
@@ -118,13 +118,61 @@ pub struct MappingMemo {
     diagnostics: Vec<Diagnostic>,
 }
 
+impl MappingMemo {
+    /// The valid Mapping, before its TLSContext reference is resolved; `None` when it
+    /// has an error.
+    pub fn mapping(&self) -> Option<&Mapping> {
+        self.mapping.as_ref()
+    }
+
+    /// Its own problems (not those found across resources).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+}
+
+/// Validates one Mapping on its own, under the Module's `defaults`: everything but the
+/// checks across resources.
+pub(super) fn mapping_memo(
+    p: &Parsed,
+    spec: &raw::MappingSpec,
+    defaults: &MappingDefaults,
+) -> MappingMemo {
+    let mut check = Check {
+        origin: &p.origin,
+        resource: ResourceRef::new(p.kind, &p.name),
+        base: p.base,
+        spec_at: p.spec_at,
+        diagnostics: Vec::new(),
+    };
+    let meta = Meta {
+        kind: p.kind,
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        origin: p.origin.clone(),
+    };
+    let m = mapping(
+        meta,
+        spec,
+        p.default_service.as_deref(),
+        defaults,
+        &mut check,
+    );
+    MappingMemo {
+        defaults: defaults.clone(),
+        mapping: if check.failed() { None } else { m },
+        diagnostics: check.diagnostics,
+    }
+}
+
 /// Turns parsed resources into a [`Config`], pushing every problem onto `diagnostics`.
-/// Invalid resources are left out.
+/// Invalid resources are left out. Also returns the defaults every Mapping was
+/// validated under (what a later revision that changes only Mappings validates with).
 pub fn validate(
     items: Vec<Item<'_>>,
     secrets_dir: Option<&Path>,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Config {
+) -> (Config, MappingDefaults) {
     let mut config = Config::default();
     let mut seen: HashMap<(Kind, &str, &str), &Origin> = HashMap::with_capacity(items.len());
     let mut defaults = MappingDefaults::default();
@@ -180,22 +228,19 @@ pub fn validate(
         };
         match &p.spec {
             Spec::Mapping(spec) => {
-                let m = mapping(
-                    meta(),
-                    spec,
-                    p.default_service.as_deref(),
-                    &defaults,
-                    &mut check,
-                );
-                let m = if check.failed() { None } else { m };
-                if let Some(slot) = item.memo {
-                    *slot = Some(MappingMemo {
-                        defaults: defaults.clone(),
-                        mapping: m.clone(),
-                        diagnostics: check.diagnostics.clone(),
-                    });
+                let memo = mapping_memo(p, spec, &defaults);
+                match item.memo {
+                    Some(slot) => {
+                        config.mappings.extend(memo.mapping.iter().cloned());
+                        diagnostics.extend(memo.diagnostics.iter().cloned());
+                        *slot = Some(memo);
+                    }
+                    None => {
+                        config.mappings.extend(memo.mapping);
+                        diagnostics.extend(memo.diagnostics);
+                    }
                 }
-                config.mappings.extend(m);
+                continue;
             }
             Spec::Host(spec) => {
                 let h = host(meta(), spec.clone(), p.labels.clone(), &mut check);
@@ -280,7 +325,7 @@ pub fn validate(
     shared_routes::check(&mut config, &limited_by, diagnostics);
     load_secrets(&mut config, secrets_dir, diagnostics);
     sort(&mut config);
-    config
+    (config, defaults)
 }
 
 fn sort(config: &mut Config) {
@@ -1454,14 +1499,7 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
     // bypass_auth with nothing to bypass: harmless, but likely a missing AuthService.
     if config.auth_service.is_none() {
         for m in config.mappings.iter().filter(|m| m.bypass_auth) {
-            diagnostics.push(diag_at(
-                &m.meta.origin,
-                Severity::Warning,
-                Kind::Mapping,
-                &m.meta.name,
-                "bypass_auth",
-                "there is no AuthService: bypass_auth has no effect".to_owned(),
-            ));
+            diagnostics.push(bypass_without_auth(m));
         }
     }
     // Listeners on one port.
@@ -1504,11 +1542,7 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
     // Mappings that no Host serves never receive traffic: almost always a typo.
     if !config.hosts.is_empty() {
         for m in &config.mappings {
-            if !config
-                .hosts
-                .iter()
-                .any(|h| h.hostname.overlaps(&m.hostname))
-            {
+            if !served(config, m) {
                 let served: Vec<String> = config
                     .hosts
                     .iter()
@@ -1530,14 +1564,39 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
             }
         }
     }
+    same_match(config.mappings.iter(), diagnostics, &mut bad_mappings);
+    config
+        .hosts
+        .retain(|h| !bad_hosts.contains(&qualified(&h.meta)));
+    config
+        .listeners
+        .retain(|l| !bad_listeners.contains(&qualified(&l.meta)));
+    if !bad_mappings.is_empty() {
+        config
+            .mappings
+            .retain(|m| !bad_mappings.contains(&qualified(&m.meta)));
+    }
+}
+
+/// Mappings with the same match: a shadow with nothing to mirror, routing Mappings that
+/// split traffic evenly because none has a weight (both warnings), weights over 100 (an
+/// error: those Mappings go in `bad`). `mappings` in the order they were validated
+/// (file, then document), which decides the "first" a warning names. Every diagnostic
+/// is about one match group, so a revision that changes a few Mappings can run this over
+/// their groups alone (`config::Cache`).
+pub(super) fn same_match<'m>(
+    mappings: impl Iterator<Item = &'m Mapping> + Clone,
+    diagnostics: &mut Vec<Diagnostic>,
+    bad: &mut BTreeSet<(String, String)>,
+) {
     // Same match, no weights: traffic is split evenly, which is rarely what was meant.
     // Shadows do not compete: they mirror what the others serve.
     let is_shadow = |m: &Mapping| matches!(&m.action, Action::Route(r) if r.shadow);
     let mut groups: BTreeMap<MatchKey, Vec<&Mapping>> = BTreeMap::new();
-    for m in config.mappings.iter().filter(|m| !is_shadow(m)) {
+    for m in mappings.clone().filter(|m| !is_shadow(m)) {
         groups.entry(MatchKey::of(m)).or_default().push(m);
     }
-    for m in config.mappings.iter().filter(|m| is_shadow(m)) {
+    for m in mappings.filter(|m| is_shadow(m)) {
         let served = groups
             .get(&MatchKey::of(m))
             .is_some_and(|g| g.iter().any(|o| matches!(o.action, Action::Route(_))));
@@ -1575,22 +1634,54 @@ fn cross_check(config: &mut Config, diagnostics: &mut Vec<Diagnostic>) {
                     ),
                 ));
                 for m in group {
-                    bad_mappings.insert(qualified(&m.meta));
+                    bad.insert(qualified(&m.meta));
                 }
             }
         }
     }
-    config
-        .hosts
-        .retain(|h| !bad_hosts.contains(&qualified(&h.meta)));
-    config
-        .listeners
-        .retain(|l| !bad_listeners.contains(&qualified(&l.meta)));
-    if !bad_mappings.is_empty() {
-        config
-            .mappings
-            .retain(|m| !bad_mappings.contains(&qualified(&m.meta)));
+}
+
+/// The warning for a Mapping with `bypass_auth` in a gateway with no AuthService.
+pub(super) fn bypass_without_auth(m: &Mapping) -> Diagnostic {
+    diag_at(
+        &m.meta.origin,
+        Severity::Warning,
+        Kind::Mapping,
+        &m.meta.name,
+        "bypass_auth",
+        "there is no AuthService: bypass_auth has no effect".to_owned(),
+    )
+}
+
+/// Whether some Host of `config` serves `m` (with no Host at all, every Mapping is).
+pub(super) fn served(config: &Config, m: &Mapping) -> bool {
+    config.hosts.is_empty()
+        || config
+            .hosts
+            .iter()
+            .any(|h| h.hostname.overlaps(&m.hostname))
+}
+
+/// Whether `a` and `b` compete for the same requests (one match group).
+pub(super) fn same_match_key(a: &Mapping, b: &Mapping) -> bool {
+    MatchKey::of(a) == MatchKey::of(b)
+}
+
+/// Whether reading the secrets `config` holds again gives exactly what it holds: the
+/// certificates are files outside the revision, so a revision that changes only
+/// Mappings still reads them, as a whole load would.
+pub(super) fn secrets_unchanged(config: &Config, secrets_dir: Option<&Path>) -> bool {
+    if secrets_dir.is_none() {
+        return config.secrets.is_empty();
     }
+    let mut reread = Config {
+        hosts: config.hosts.clone(),
+        tls_contexts: config.tls_contexts.clone(),
+        ..Config::default()
+    };
+    let mut diagnostics = Vec::new();
+    load_secrets(&mut reread, secrets_dir, &mut diagnostics);
+    !diagnostics.iter().any(Diagnostic::is_error) && reread.secrets == config.secrets
 }
 
 /// A resource's identity among those of its kind: names are unique per namespace only, so

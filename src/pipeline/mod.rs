@@ -10,6 +10,7 @@
 //! A revision that fails at any stage changes nothing that is served: the store keeps
 //! the last good snapshot (DESIGN.md, "Rollback safety").
 
+mod missing;
 mod status;
 
 use std::sync::Arc;
@@ -31,9 +32,9 @@ pub use status::{
 /// The longest wait between two polls of a failing source.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The config being served, kept to re-translate when endpoints change.
+/// The revision being served, kept to re-translate when endpoints change (its config is
+/// [`Incremental::applied`]).
 struct Applied {
-    config: Arc<Config>,
     revision: String,
     /// The endpoints the latest snapshot of this revision was built with.
     endpoints: Arc<Endpoints>,
@@ -58,21 +59,48 @@ pub struct Pipeline {
 /// Mapping validations ([`config::Cache`]) and each route's and cluster's encoding
 /// ([`translate::Cache`]). Both are plain values the pipeline owns and passes in; the
 /// result is always equal to a cold build of the same revision.
+///
+/// A revision that changes only Mappings, after one with no error, goes the steady-state
+/// way: the last accepted config is edited in place ([`config::Cache::load_mappings`])
+/// and only what the changed Mappings touch is translated again
+/// ([`translate::Cache::translate_delta`]); anything else is loaded and translated
+/// whole, with the memos above.
 #[derive(Debug, Default)]
 pub struct Incremental {
     config: config::Cache,
     translate: translate::Cache,
+    /// The config of the last accepted build: what is served, and the base the next
+    /// change of Mappings is applied to. Shared with [`Built`]; a build edits it in
+    /// place, so the copy a [`Built`] hands out should be dropped before the next build
+    /// (else that build copies it first).
+    applied: Option<Arc<Config>>,
+    /// The missing-Service warnings of `applied`.
+    missing: Option<missing::Missing>,
 }
 
 /// What building one revision gave.
 #[derive(Debug)]
 pub struct Built {
     /// The config and the snapshot to publish, or why the revision is not served.
-    pub result: Result<(Config, Snapshot), Outcome>,
+    pub result: Result<(Arc<Config>, Snapshot), Outcome>,
     /// Warnings (and, when rejected, every diagnostic that is not an error).
     pub warnings: Vec<Diagnostic>,
     /// Where the time went (`read` is the caller's).
     pub timings: StageTimings,
+    /// Which way it was built.
+    pub way: Way,
+}
+
+/// Which way [`Incremental::build`] built a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Loaded and translated whole (reusing unchanged files' parses and memoised
+    /// routes and clusters).
+    Whole,
+    /// As a change of Mappings to the applied config. `translated_whole` when the
+    /// translation still ran whole (other endpoints, a cluster name the change would
+    /// make collide).
+    Mappings { translated_whole: bool },
 }
 
 impl Pipeline {
@@ -166,13 +194,15 @@ impl Pipeline {
         let outcome = match built.result {
             Err(outcome) => outcome,
             Ok((config, snapshot)) => {
+                // The incremental state keeps the config; a second reference here would
+                // make the next build copy it.
+                drop(config);
                 let started = Instant::now();
                 let published = self.store.publish(snapshot).await;
                 timings.publish += started.elapsed();
                 match published {
                     Ok(snapshot) => {
                         self.applied = Some(Applied {
-                            config: Arc::new(config),
                             revision: meta.id.clone(),
                             endpoints: used,
                         });
@@ -180,9 +210,15 @@ impl Pipeline {
                             snapshot: snapshot.version().to_owned(),
                         }
                     }
-                    Err(e) => Outcome::Failed {
-                        reason: format!("the snapshot store refused it: {e}"),
-                    },
+                    Err(e) => {
+                        // What the incremental state holds is not what is served.
+                        if let Some(incremental) = &mut self.incremental {
+                            incremental.forget();
+                        }
+                        Outcome::Failed {
+                            reason: format!("the snapshot store refused it: {e}"),
+                        }
+                    }
                 }
             }
         };
@@ -207,8 +243,10 @@ impl Pipeline {
         let Some(applied) = &self.applied else {
             return;
         };
+        let Some(config) = self.incremental.as_ref().and_then(|i| i.applied()) else {
+            return;
+        };
         let endpoints = self.current_endpoints();
-        let config = applied.config.clone();
         let revision = applied.revision.clone();
         let since = applied.endpoints.clone();
         let latest = self
@@ -368,6 +406,12 @@ impl Incremental {
         endpoints: &Endpoints,
         previous: Option<&Snapshot>,
     ) -> Built {
+        if revision.problems.is_empty()
+            && let Some(built) =
+                self.build_changed_mappings(&revision, options, endpoints, previous)
+        {
+            return built;
+        }
         let mut timings = StageTimings::default();
         let started = Instant::now();
         let (mut outcome, reuse) = self.config.load(&revision.files, options);
@@ -397,13 +441,15 @@ impl Incremental {
                     result: Err(Outcome::Rejected { errors }),
                     warnings,
                     timings,
+                    way: Way::Whole,
                 };
             }
         };
         // Mappings whose Service has no EndpointSlice: served, with a warning (issue 5).
-        for d in crate::endpoints::missing_services(&config, endpoints) {
+        let missing = missing::Missing::new(&config, endpoints);
+        for d in missing.diagnostics() {
             tracing::warn!(revision = %revision.meta.id, "{d}");
-            diagnostics.push(d);
+            diagnostics.push(d.clone());
         }
         let started = Instant::now();
         let (resources, reuse) = self.translate.translate(&config, endpoints);
@@ -418,16 +464,117 @@ impl Incremental {
         let snapshot =
             Snapshot::from_encoded(&revision.meta.id, endpoints.generation, resources, previous);
         timings.publish = started.elapsed();
-        Built {
-            result: match snapshot {
-                Ok(snapshot) => Ok((config, snapshot)),
-                Err(e) => Err(Outcome::Failed {
+        let result = match snapshot {
+            Ok(snapshot) => {
+                let config = Arc::new(config);
+                self.applied = Some(config.clone());
+                self.missing = Some(missing);
+                Ok((config, snapshot))
+            }
+            Err(e) => {
+                // The caches moved on to a revision that is not served.
+                self.forget();
+                Err(Outcome::Failed {
                     reason: format!("cannot build a snapshot: {e}"),
-                }),
-            },
+                })
+            }
+        };
+        Built {
+            result,
             warnings: diagnostics,
             timings,
+            way: Way::Whole,
         }
+    }
+
+    /// The steady state (issue 4): `revision` as a change of Mappings to the applied
+    /// config, when it is one and the last build had no error; `None` otherwise, having
+    /// changed nothing but the parse cache.
+    fn build_changed_mappings(
+        &mut self,
+        revision: &Revision,
+        options: &config::Options,
+        endpoints: &Endpoints,
+        previous: Option<&Snapshot>,
+    ) -> Option<Built> {
+        let mut timings = StageTimings::default();
+        let started = Instant::now();
+        let applied = self.applied.as_mut()?;
+        let config = Arc::make_mut(applied);
+        let delta = self
+            .config
+            .load_mappings(&revision.files, options, config)?;
+        timings.parse = started.elapsed();
+        let id = &revision.meta.id;
+        tracing::debug!(
+            revision = %id,
+            parsed = delta.reuse.parsed,
+            reused = delta.reuse.reused,
+            removed = delta.removed.len(),
+            added = delta.added.len(),
+            "files parsed; only Mappings changed"
+        );
+        let mut warnings = delta.diagnostics;
+        for d in &warnings {
+            tracing::warn!(revision = %id, "{d}");
+        }
+        let kept = self
+            .missing
+            .as_mut()
+            .and_then(|m| m.update(&delta.removed, &delta.added, endpoints));
+        if kept.is_none() {
+            self.missing = Some(missing::Missing::new(config, endpoints));
+        }
+        for d in self.missing.iter().flat_map(missing::Missing::diagnostics) {
+            tracing::warn!(revision = %id, "{d}");
+            warnings.push(d.clone());
+        }
+        let started = Instant::now();
+        let translated =
+            self.translate
+                .translate_delta(config, &delta.removed, &delta.added, endpoints);
+        let translated_whole = translated.is_none();
+        let (resources, reuse) =
+            translated.unwrap_or_else(|| self.translate.translate(config, endpoints));
+        timings.translate = started.elapsed();
+        tracing::debug!(
+            revision = %id,
+            routes_built = reuse.routes_built,
+            clusters_built = reuse.clusters_built,
+            "translated"
+        );
+        let started = Instant::now();
+        let snapshot = Snapshot::from_encoded(id, endpoints.generation, resources, previous);
+        timings.publish = started.elapsed();
+        let result = match snapshot {
+            Ok(snapshot) => Ok((applied.clone(), snapshot)),
+            Err(e) => {
+                self.forget();
+                Err(Outcome::Failed {
+                    reason: format!("cannot build a snapshot: {e}"),
+                })
+            }
+        };
+        Some(Built {
+            result,
+            warnings,
+            timings,
+            way: Way::Mappings { translated_whole },
+        })
+    }
+
+    /// The config of the last accepted build.
+    pub fn applied(&self) -> Option<Arc<Config>> {
+        self.applied.clone()
+    }
+
+    /// Forgets the applied config and what depends on it (the parse and translation
+    /// memos stay, as they check their own inputs): the next build is a whole one.
+    pub fn forget(&mut self) {
+        self.applied = None;
+        self.missing = None;
+        self.config.forget_base();
+        self.translate.forget_steady();
     }
 }
 

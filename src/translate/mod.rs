@@ -24,6 +24,7 @@ mod parallel;
 pub mod provenance;
 mod route;
 mod route_policy;
+mod steady;
 mod tls;
 mod upstream;
 mod vhost;

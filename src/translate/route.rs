@@ -84,6 +84,11 @@ impl<'a> MatchKey<'a> {
 /// Splits the Mappings into route groups. The result is in match-key order; callers sort
 /// by [`Group::order_key`].
 pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
+    groups_of(mappings)
+}
+
+/// [`groups`] of any Mappings: all those of a match must be among them.
+pub(super) fn groups_of<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Group<'a>> {
     let is_shadow = |m: &Mapping| matches!(&m.action, Action::Route(r) if r.shadow);
     let mut by_match: BTreeMap<MatchKey<'_>, Vec<&Mapping>> = BTreeMap::new();
     let mut shadows: BTreeMap<MatchKey<'_>, Vec<&Mapping>> = BTreeMap::new();
@@ -122,6 +127,11 @@ pub(super) fn groups(mappings: &[Mapping]) -> Vec<Group<'_>> {
         }));
     }
     groups
+}
+
+/// Whether two Mappings have the same match, so belong to the same groups.
+pub(super) fn same_match(a: &Mapping, b: &Mapping) -> bool {
+    a.path == b.path && a.hostname == b.hostname && MatchKey::of(a) == MatchKey::of(b)
 }
 
 /// Emissary's route order for one group, as a sort key (ascending = first).

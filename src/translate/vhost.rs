@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use super::listener::ListenerPlan;
 use super::names;
 use super::provenance::Provenance;
-use super::route::{self as mapping_route, Group};
+use super::route::{self as mapping_route, Group, OrderKey};
 use super::tls;
 use crate::config::{
     Config, Host, HostPattern, InsecureAction, KeyValueMatch, SecurityModel, Target, ValueMatch,
@@ -250,15 +250,53 @@ fn catch_all(groups: &[Group<'_>]) -> VirtualHostLayout {
     }
 }
 
-fn virtual_host(host: &Host, policy: Insecure, groups: &[Group<'_>]) -> VirtualHostLayout {
-    let xfp_https = mapping_route::header_matcher(&KeyValueMatch {
+/// Where a virtual host takes the Mappings' routes: the pattern a Mapping's hostname
+/// attaches to, and the matchers the virtual host appends to each route.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Attachment {
+    pub pattern: HostPattern,
+    pub extra: Vec<HeaderMatcher>,
+}
+
+/// For each virtual host of `plan`'s RouteConfiguration, in the order of
+/// [`route_configuration_layout`], where the Mappings' routes attach; `None` for one
+/// that carries none (it redirects or rejects everything). What the incremental
+/// translation needs to place a changed route.
+pub(super) fn attachments(plan: &ListenerPlan<'_>, config: &Config) -> Vec<Option<Attachment>> {
+    if config.hosts.is_empty() {
+        return vec![Some(Attachment {
+            pattern: HostPattern::Any,
+            extra: Vec::new(),
+        })];
+    }
+    plan.hosts
+        .iter()
+        .map(|host| {
+            let extra = match host_policy(plan, config, host) {
+                Insecure::Serve | Insecure::RequireTls => Vec::new(),
+                Insecure::RejectUnlessXfpHttps => vec![xfp_https()],
+                Insecure::RedirectAll | Insecure::RejectAll => return None,
+            };
+            Some(Attachment {
+                pattern: host.hostname.clone(),
+                extra,
+            })
+        })
+        .collect()
+}
+
+fn xfp_https() -> HeaderMatcher {
+    mapping_route::header_matcher(&KeyValueMatch {
         name: "x-forwarded-proto".to_owned(),
         value: ValueMatch::Exact("https".to_owned()),
-    });
+    })
+}
+
+fn virtual_host(host: &Host, policy: Insecure, groups: &[Group<'_>]) -> VirtualHostLayout {
     let routes = match policy {
         Insecure::Serve | Insecure::RequireTls => ordered_routes(groups, &host.hostname, &[]),
         Insecure::RejectUnlessXfpHttps => {
-            let mut routes = ordered_routes(groups, &host.hostname, &[xfp_https]);
+            let mut routes = ordered_routes(groups, &host.hostname, &[xfp_https()]);
             routes.push(RouteSlot::Fixed(Box::new(reject_route())));
             routes
         }
@@ -294,34 +332,44 @@ fn ordered_routes(
     host: &HostPattern,
     extra: &[HeaderMatcher],
 ) -> Vec<RouteSlot> {
-    let mut attached: Vec<(usize, Option<HeaderMatcher>, usize)> = groups
+    let mut attached: Vec<(OrderKey<'_>, usize, Vec<HeaderMatcher>)> = groups
         .iter()
         .enumerate()
         .filter_map(|(index, group)| {
-            let mapping = &group.primary().hostname;
-            attaches(mapping, host).then(|| {
-                let authority = authority_matcher(mapping, host);
-                let weight = if authority.is_some() {
-                    mapping_route::authority_weight(mapping)
-                } else {
-                    0
-                };
-                (index, authority, weight)
-            })
+            slot(group, host, extra).map(|(key, headers)| (key, index, headers))
         })
         .collect();
-    attached.sort_by_cached_key(|(index, _, weight)| groups[*index].order_key(*weight));
+    attached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     attached
         .into_iter()
-        .map(|(index, authority, _)| {
-            let mut headers = Vec::new();
-            if authority.is_some() || !extra.is_empty() {
-                headers.extend(authority);
-                headers.extend_from_slice(extra);
-            }
-            RouteSlot::Group { index, headers }
-        })
+        .map(|(_, index, headers)| RouteSlot::Group { index, headers })
         .collect()
+}
+
+/// Where `group`'s route goes in a virtual host for Host pattern `host` that appends
+/// `extra`: its key in Emissary's order and the matchers appended to it; `None` when
+/// the group does not attach there.
+pub(super) fn slot<'a>(
+    group: &Group<'a>,
+    host: &HostPattern,
+    extra: &[HeaderMatcher],
+) -> Option<(OrderKey<'a>, Vec<HeaderMatcher>)> {
+    let mapping = &group.primary().hostname;
+    if !attaches(mapping, host) {
+        return None;
+    }
+    let authority = authority_matcher(mapping, host);
+    let weight = if authority.is_some() {
+        mapping_route::authority_weight(mapping)
+    } else {
+        0
+    };
+    let mut headers = Vec::new();
+    if authority.is_some() || !extra.is_empty() {
+        headers.extend(authority);
+        headers.extend_from_slice(extra);
+    }
+    Some((group.order_key(weight), headers))
 }
 
 /// Whether a Mapping with hostname `mapping` belongs on a Host with hostname `host`: when

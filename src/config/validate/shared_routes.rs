@@ -152,3 +152,24 @@ fn local_limits(group: &[(&Mapping, &Route)], limited_by: &LimitedBy, out: &mut 
         out.push(d);
     }
 }
+
+/// Whether [`check`] would report a Mapping of this one match group: `group` holds every
+/// Mapping of one match (in any order).
+pub(in crate::config) fn conflicts(group: &[&Mapping]) -> bool {
+    let mut routing: Vec<(&Mapping, &Route)> = group
+        .iter()
+        .filter_map(|m| match &m.action {
+            Action::Route(r) if !r.shadow => Some((*m, &**r)),
+            _ => None,
+        })
+        .collect();
+    routing.sort_by(|(a, _), (b, _)| {
+        (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name))
+    });
+    let Some(&(first, first_route)) = routing.first() else {
+        return false;
+    };
+    routing[1..]
+        .iter()
+        .any(|&(other, route)| !differences(first, first_route, other, route).is_empty())
+}

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 
 use super::{Diagnostic, diag_at, qualified};
 use crate::config::diag::Severity;
-use crate::config::model::{Action, Config, ContextLookup, ContextRef, Meta, Target, UpstreamTls};
+use crate::config::model::{
+    Action, Config, ContextLookup, ContextRef, Mapping, Meta, Target, UpstreamTls,
+};
 
 /// Resolves every TLSContext reference of `config`, leaving out the resources whose
 /// reference does not resolve.
@@ -120,5 +122,23 @@ fn lookup(config: &Config, name: &str, namespace: &str) -> Result<ContextRef, St
              distinct names",
             a.meta.namespace, a.meta.origin, b.meta.namespace, b.meta.origin,
         )),
+    }
+}
+
+/// Resolves the TLSContext reference of one Mapping as [`resolve`] does; `false` (and
+/// `m` unchanged) when it does not resolve.
+pub(in crate::config) fn resolve_mapping(config: &Config, m: &mut Mapping) -> bool {
+    let Action::Route(r) = &mut m.action else {
+        return true;
+    };
+    let UpstreamTls::Context(reference) = &r.target.tls else {
+        return true;
+    };
+    match lookup(config, &reference.name, &m.meta.namespace) {
+        Ok(context) => {
+            r.target.tls = UpstreamTls::Context(context);
+            true
+        }
+        Err(_) => false,
     }
 }
