@@ -134,12 +134,10 @@ fn secrets(
 /// Mappings, then the gateway services Envoy calls (auth server, rate limit service,
 /// collectors).
 fn users(config: &Config) -> BTreeMap<&Target, Vec<&Meta>> {
-    let mut users: BTreeMap<&Target, Vec<&Meta>> = BTreeMap::new();
-    for mapping in &config.mappings {
-        if let Action::Route(route) = &mapping.action {
-            users.entry(&route.target).or_default().push(&mapping.meta);
-        }
-    }
+    let routing = config.mappings.iter().filter_map(|m| match &m.action {
+        Action::Route(route) => Some((&route.target, &m.meta)),
+        Action::Redirect(_) => None,
+    });
     let services = [
         config.auth_service.as_ref().map(|a| (&a.target, &a.meta)),
         config
@@ -151,14 +149,23 @@ fn users(config: &Config) -> BTreeMap<&Target, Vec<&Meta>> {
             .as_ref()
             .map(|t| (&t.target, &t.meta)),
     ];
-    let logs = config
-        .log_services
-        .iter()
-        .map(|l| Some((&l.target, &l.meta)));
-    for (target, meta) in services.into_iter().chain(logs).flatten() {
-        users.entry(target).or_default().push(meta);
+    let logs = config.log_services.iter().map(|l| (&l.target, &l.meta));
+    let mut pairs: Vec<(&Target, &Meta)> = routing
+        .chain(services.into_iter().flatten())
+        .chain(logs)
+        .collect();
+    // Stable, so each target's users stay in the order above; the map is then built in
+    // bulk from sorted keys, where one insert per Mapping would compare targets some
+    // twenty times each at 100k Mappings.
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut users: Vec<(&Target, Vec<&Meta>)> = Vec::new();
+    for (target, meta) in pairs {
+        match users.last_mut() {
+            Some((last, metas)) if *last == target => metas.push(meta),
+            _ => users.push((target, vec![meta])),
+        }
     }
-    users
+    users.into_iter().collect()
 }
 
 /// The ClusterLoadAssignments [`translate`] would give for `config` and `endpoints`,

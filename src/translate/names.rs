@@ -10,7 +10,7 @@
 //! a Service), never from input order, so an unrelated change to the config repo leaves
 //! them, and therefore Envoy's stats, unchanged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
@@ -85,25 +85,35 @@ pub fn service_key(name: &str, namespace: &str, port: Option<&ServicePort>) -> S
 /// `shop` port 80); then every colliding name gets a suffix from a hash of its target, so
 /// the outcome does not depend on input order.
 pub fn clusters<'a>(targets: impl IntoIterator<Item = &'a Target>) -> BTreeMap<Target, String> {
-    let targets: BTreeSet<&Target> = targets.into_iter().collect();
-    let mut by_base: BTreeMap<String, Vec<&Target>> = BTreeMap::new();
-    for target in targets {
-        by_base
-            .entry(cluster_base(target))
-            .or_default()
-            .push(target);
+    // A sorted list, not a tree: callers pass the keys of a map, already sorted and
+    // unique, which the sort sees in one pass, and the map below is then built in bulk
+    // from sorted entries instead of one comparison-heavy insert per target.
+    let mut targets: Vec<&Target> = targets.into_iter().collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let bases: Vec<String> = targets.iter().map(|t| cluster_base(t)).collect();
+    let mut uses: HashMap<&str, usize> = HashMap::with_capacity(bases.len());
+    for base in &bases {
+        *uses.entry(base.as_str()).or_default() += 1;
     }
-    let mut names = BTreeMap::new();
-    for (base, group) in by_base {
-        if let [only] = group.as_slice() {
-            names.insert((*only).clone(), base);
-        } else {
-            for target in group {
-                names.insert(target.clone(), format!("{base}_{}", target_hash(target)));
-            }
-        }
-    }
-    names
+    let collides: Vec<bool> = bases
+        .iter()
+        .map(|base| uses.get(base.as_str()).is_some_and(|n| *n > 1))
+        .collect();
+    drop(uses);
+    targets
+        .into_iter()
+        .zip(bases)
+        .zip(collides)
+        .map(|((target, base), collides)| {
+            let name = if collides {
+                format!("{base}_{}", target_hash(target))
+            } else {
+                base
+            };
+            (target.clone(), name)
+        })
+        .collect()
 }
 
 /// The readable cluster name of one target, before collision handling.

@@ -6,11 +6,10 @@
 //! `min_per_thread` items per thread everything runs on the caller's thread.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// For cheap items (one route, one cluster): fewer than this per thread are not worth one.
 pub(super) const SMALL_ITEMS: usize = 512;
-/// For items that are each a lot of work (a virtual host of thousands of routes).
-pub(super) const LARGE_ITEMS: usize = 1;
 /// Beyond a few threads the work is memory-bound.
 const MAX_THREADS: usize = 8;
 
@@ -45,6 +44,45 @@ pub(super) fn map<T: Sync, U: Send>(
     })
 }
 
+/// `items.iter().map(f).collect()` for a few items of uneven size (virtual hosts: the
+/// `*` one holds every route, the others a share each): each thread takes the next item
+/// when it is done with one, so one large item does not leave the other cores idle the
+/// way contiguous chunks would.
+pub(super) fn map_uneven<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_THREADS)
+        .min(items.len());
+    if threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(index) else {
+                return done;
+            };
+            done.push((index, f(item)));
+        }
+    };
+    let mut all: Vec<(usize, U)> = std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for handle in handles {
+            match handle.join() {
+                Ok(mut part) => all.append(&mut part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    });
+    all.sort_unstable_by_key(|(index, _)| *index);
+    all.into_iter().map(|(_, u)| u).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,7 +90,7 @@ mod tests {
         for n in [0, 1, 511, 1024, 5000] {
             let items: Vec<usize> = (0..n).collect();
             let doubled = super::map(&items, super::SMALL_ITEMS, |i| i * 2);
-            assert_eq!(super::map(&items, super::LARGE_ITEMS, |i| i * 2), doubled);
+            assert_eq!(super::map_uneven(&items, |i| i * 2), doubled);
             assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         }
     }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     VirtualHost, redirect_action, route, route_match, virtual_host,
 };
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 
@@ -188,7 +188,7 @@ pub(super) fn route_configuration_layout(
     let virtual_hosts = if config.hosts.is_empty() {
         vec![catch_all(groups)]
     } else {
-        super::parallel::map(&plan.hosts, super::parallel::LARGE_ITEMS, |host| {
+        super::parallel::map_uneven(&plan.hosts, |host| {
             virtual_host(host, host_policy(plan, config, host), groups)
         })
     };
@@ -332,17 +332,40 @@ fn ordered_routes(
     host: &HostPattern,
     extra: &[HeaderMatcher],
 ) -> Vec<RouteSlot> {
-    let mut attached: Vec<(OrderKey<'_>, usize, Vec<HeaderMatcher>)> = groups
-        .iter()
-        .enumerate()
-        .filter_map(|(index, group)| {
-            slot(group, host, extra).map(|(key, headers)| (key, index, headers))
-        })
-        .collect();
-    attached.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // A Host of `*` gets an `:authority` match for every Mapping, but Mappings share a
+    // few hostnames: each one's matcher and weight is worked out once.
+    let mut authorities: HashMap<&HostPattern, (Option<HeaderMatcher>, usize)> = HashMap::new();
+    let mut attached: Vec<(usize, usize)> = Vec::new();
+    for (index, group) in groups.iter().enumerate() {
+        let mapping = &group.primary().hostname;
+        if !attaches(mapping, host) {
+            continue;
+        }
+        let (_, weight) = authorities.entry(mapping).or_insert_with(|| {
+            let authority = authority_matcher(mapping, host);
+            let weight = if authority.is_some() {
+                mapping_route::authority_weight(mapping)
+            } else {
+                0
+            };
+            (authority, weight)
+        });
+        attached.push((index, *weight));
+    }
+    attached.sort_by_cached_key(|(index, weight)| groups[*index].order_key(*weight));
     attached
         .into_iter()
-        .map(|(_, index, headers)| RouteSlot::Group { index, headers })
+        .map(|(index, _)| {
+            let authority = authorities
+                .get(&groups[index].primary().hostname)
+                .and_then(|(authority, _)| authority.clone());
+            let mut headers = Vec::new();
+            if authority.is_some() || !extra.is_empty() {
+                headers.extend(authority);
+                headers.extend_from_slice(extra);
+            }
+            RouteSlot::Group { index, headers }
+        })
         .collect()
 }
 

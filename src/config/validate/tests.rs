@@ -468,3 +468,70 @@ fn an_ambiguous_tls_reference_is_an_error_naming_both() {
     assert!(only_error(&outcome).contains("AuthService \"auth\": spec.tls: no TLSContext named"));
     assert!(!outcome.is_accepted());
 }
+
+// === At scale ===
+
+/// Past a few thousand Mappings validation runs on several threads; the outcome must be
+/// what one thread gives: the Module's defaults (declared after the Mappings) applied to
+/// every Mapping, each bad Mapping reported at its line, a duplicate reported against
+/// the first declaration (never the other way round), the rest kept, in order.
+#[test]
+fn many_mappings_validate_as_one_thread_would() {
+    const COUNT: usize = 6_000;
+    let mut yaml = String::new();
+    let mut bad_line = 0;
+    for i in 0..COUNT {
+        let prefix = if i == 1_234 {
+            bad_line = yaml.lines().count() + 8;
+            "no-slash".to_owned()
+        } else {
+            format!("/m{i}/")
+        };
+        // The last one reuses the name of the 11th.
+        let name = if i == COUNT - 1 { 10 } else { i };
+        yaml.push_str(&mapping(
+            &format!("m{name}"),
+            "team",
+            &format!("  prefix: {prefix}\n  service: app-{i}\n"),
+        ));
+    }
+    yaml.push_str(
+        "---\napiVersion: getambassador.io/v3alpha1\nkind: Module\nmetadata:\n  name: ambassador\n  \
+         namespace: team\nspec:\n  config:\n    cluster_request_timeout_ms: 1234\n",
+    );
+    let outcome = partial(&yaml);
+    let errors = errors(&outcome);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with(&format!("test.yaml:{bad_line}:"))
+                && e.contains("Mapping \"m1234\"")
+                && e.contains("spec.prefix")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("duplicate Mapping name \"m10\"")
+                && e.ends_with("first declared at test.yaml:92:1")),
+        "{errors:#?}"
+    );
+    let config = outcome.config;
+    assert_eq!(config.mappings.len(), COUNT - 2);
+    assert!(config.mappings.is_sorted_by(
+        |a, b| (&a.meta.namespace, &a.meta.name) <= (&b.meta.namespace, &b.meta.name)
+    ));
+    let m10 = config
+        .mappings
+        .iter()
+        .find(|m| m.meta.name == "m10")
+        .expect("the first m10 is kept");
+    assert_eq!(m10.path.pattern(), "/m10/");
+    for m in &config.mappings {
+        let Action::Route(route) = &m.action else {
+            panic!("{} is a route", m.meta.name);
+        };
+        assert_eq!(route.timeout_ms, 1234, "{}", m.meta.name);
+    }
+}
