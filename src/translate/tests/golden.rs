@@ -202,10 +202,10 @@ fn clean(debug: &str) -> String {
             let mut parts = Vec::new();
             let mut j = i + 1;
             while j < lines.len() && lines[j] != end {
-                if lines[j].trim() == "StringValue(" {
-                    if let Some(text) = lines.get(j + 1) {
-                        parts.push(text.trim().trim_end_matches(','));
-                    }
+                if lines[j].trim() == "StringValue("
+                    && let Some(text) = lines.get(j + 1)
+                {
+                    parts.push(text.trim().trim_end_matches(','));
                 }
                 j += 1;
             }
