@@ -16,6 +16,7 @@ pub mod config;
 pub mod diff;
 pub mod endpoints;
 pub mod metrics;
+mod parallel;
 pub mod pipeline;
 pub mod render;
 pub mod serve;

@@ -39,7 +39,18 @@ struct Check<'a> {
     diagnostics: Vec<Diagnostic>,
 }
 
-impl Check<'_> {
+impl<'a> Check<'a> {
+    /// A check of one parsed resource, with nothing found yet.
+    fn of(p: &'a Parsed) -> Check<'a> {
+        Check {
+            origin: &p.origin,
+            resource: ResourceRef::new(p.kind, &p.name),
+            base: p.base,
+            spec_at: p.spec_at,
+            diagnostics: Vec::new(),
+        }
+    }
+
     fn at(&mut self, severity: Severity, line: u32, column: u32, field: &str, message: String) {
         let (line, column) = if line == 0 {
             (self.origin.line, self.origin.column)
@@ -138,13 +149,7 @@ pub(super) fn mapping_memo(
     spec: &raw::MappingSpec,
     defaults: &MappingDefaults,
 ) -> MappingMemo {
-    let mut check = Check {
-        origin: &p.origin,
-        resource: ResourceRef::new(p.kind, &p.name),
-        base: p.base,
-        spec_at: p.spec_at,
-        diagnostics: Vec::new(),
-    };
+    let mut check = Check::of(p);
     let mapping = validated_mapping(p, spec, defaults, &mut check);
     MappingMemo {
         defaults: defaults.clone(),
@@ -221,13 +226,7 @@ pub fn validate(
                 diagnostics.extend(memo.diagnostics.iter().cloned());
                 continue;
             }
-            let mut check = Check {
-                origin: &p.origin,
-                resource: ResourceRef::new(p.kind, &p.name),
-                base: p.base,
-                spec_at: p.spec_at,
-                diagnostics: Vec::new(),
-            };
+            let mut check = Check::of(p);
             match &p.spec {
                 Spec::Mapping(spec) => {
                     let m = match prevalidated {
@@ -337,10 +336,8 @@ pub fn validate(
     (config, defaults)
 }
 
-/// Below this many Mappings to validate, one thread does it faster than two.
+/// Below this many Mappings per thread, one thread validates them faster than two.
 const PARALLEL_FROM_MAPPINGS: usize = 2_048;
-/// Validation is memory-bound beyond a few cores.
-const MAX_VALIDATE_THREADS: usize = 8;
 
 /// The validation of every Mapping of `items` that has no memo to reuse under `defaults`,
 /// by item (`None` for the others), computed on every core when there are many: a
@@ -359,39 +356,11 @@ fn validate_mappings(
             return None;
         }
         let p = item.parsed;
-        let mut check = Check {
-            origin: &p.origin,
-            resource: ResourceRef::new(p.kind, &p.name),
-            base: p.base,
-            spec_at: p.spec_at,
-            diagnostics: Vec::new(),
-        };
+        let mut check = Check::of(p);
         let m = validated_mapping(p, spec, defaults, &mut check);
         Some((m, check.diagnostics))
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_VALIDATE_THREADS)
-        .min(items.len() / PARALLEL_FROM_MAPPINGS);
-    if threads < 2 {
-        return items.iter().map(one).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let one = &one;
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for handle in handles {
-            match handle.join() {
-                Ok(mut part) => out.append(&mut part),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
+    crate::parallel::map(items, PARALLEL_FROM_MAPPINGS, one)
 }
 
 /// A Mapping validated on its own under `defaults`; `None` when it has an error.

@@ -40,7 +40,7 @@ pub(super) fn clusters(
     let mut by_name: Vec<(&String, &Target)> = names.iter().map(|(t, n)| (n, t)).collect();
     by_name.sort_unstable();
     let clusters =
-        super::parallel::map(&by_name, super::parallel::SMALL_ITEMS, |(name, target)| {
+        crate::parallel::map(&by_name, crate::parallel::SMALL_ITEMS, |(name, target)| {
             let provenance = users
                 .get(target)
                 .and_then(|metas| Provenance::shared(metas.iter().copied()));

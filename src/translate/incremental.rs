@@ -553,7 +553,7 @@ impl Cache {
                 (name, target, metas, kept)
             })
             .collect();
-        let built = super::parallel::map(&slots, super::parallel::SMALL_ITEMS, |slot| {
+        let built = crate::parallel::map(&slots, crate::parallel::SMALL_ITEMS, |slot| {
             let (name, target, metas, kept) = slot;
             if kept.is_some() {
                 return None;
@@ -653,7 +653,7 @@ fn build_variants(
         }
     }
     let memos_read: &[RouteMemo] = memos;
-    let bodies = super::parallel::map(&missing, super::parallel::SMALL_ITEMS, |&(index, at)| {
+    let bodies = crate::parallel::map(&missing, crate::parallel::SMALL_ITEMS, |&(index, at)| {
         let headers = &memos_read[index].variants[at].headers;
         encode_route(&groups[index], headers, clusters, auth_enabled)
     });

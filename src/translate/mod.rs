@@ -20,7 +20,6 @@ mod filters;
 pub mod incremental;
 mod listener;
 pub mod names;
-mod parallel;
 pub mod provenance;
 mod route;
 mod route_policy;

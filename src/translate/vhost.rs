@@ -112,7 +112,7 @@ impl<'a> SharedRoutes<'a> {
             }
         }
         let auth_enabled = config.auth_service.is_some();
-        let built = super::parallel::map(groups, super::parallel::SMALL_ITEMS, |g| {
+        let built = crate::parallel::map(groups, crate::parallel::SMALL_ITEMS, |g| {
             g.route(clusters, &[], auth_enabled)
         });
         let slots = built
@@ -188,7 +188,7 @@ pub(super) fn route_configuration_layout(
     let virtual_hosts = if config.hosts.is_empty() {
         vec![catch_all(groups)]
     } else {
-        super::parallel::map_uneven(&plan.hosts, |host| {
+        crate::parallel::map_uneven(&plan.hosts, |host| {
             virtual_host(host, host_policy(plan, config, host), groups)
         })
     };

@@ -1,20 +1,21 @@
-//! Order-preserving parallel map for the translation's big loops.
+//! Order-preserving parallel maps for the pipeline's big loops (validating Mappings,
+//! building routes and clusters).
 //!
-//! Translation stays a pure function: every item is mapped independently and the results
-//! are joined in input order, so the output is the same on one core or many. Threads only
-//! pay off past a few thousand items (10k Mappings build 20k routes of ~2 KB each); below
-//! `min_per_thread` items per thread everything runs on the caller's thread.
+//! Validation and translation stay pure functions: every item is mapped independently and
+//! the results are joined in input order, so the output is the same on one core or many.
+//! Threads only pay off past a few thousand items (10k Mappings build 20k routes of ~2 KB
+//! each); below `min_per_thread` items per thread everything runs on the caller's thread.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// For cheap items (one route, one cluster): fewer than this per thread are not worth one.
-pub(super) const SMALL_ITEMS: usize = 512;
+pub(crate) const SMALL_ITEMS: usize = 512;
 /// Beyond a few threads the work is memory-bound.
 const MAX_THREADS: usize = 8;
 
 /// `items.iter().map(f).collect()`, on several threads when `items` is large.
-pub(super) fn map<T: Sync, U: Send>(
+pub(crate) fn map<T: Sync, U: Send>(
     items: &[T],
     min_per_thread: usize,
     f: impl Fn(&T) -> U + Sync,
@@ -48,7 +49,7 @@ pub(super) fn map<T: Sync, U: Send>(
 /// `*` one holds every route, the others a share each): each thread takes the next item
 /// when it is done with one, so one large item does not leave the other cores idle the
 /// way contiguous chunks would.
-pub(super) fn map_uneven<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+pub(crate) fn map_uneven<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
     let threads = std::thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
         .min(MAX_THREADS)
