@@ -12,6 +12,16 @@
 //! as they are built, [`attache::translate::Cache`] starting empty); `structs` builds
 //! every resource as a prost struct first ([`attache::translate::translate`], what
 //! `attache render` prints) and encodes it afterwards.
+//!
+//! `steady` is issue 4's steady state: the repository in 100 files goes through
+//! [`Incremental`] and a [`Store`], then RUNS revisions each change one Mapping's prefix
+//! in another file (as `poll_cost` does). Each of them is one call of `steady_revision`,
+//! which callgrind can count alone:
+//!
+//! ```sh
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*steady_revision*' \
+//!   target/release/examples/pipeline_once 10000 steady 4
+//! ```
 
 // The allocator the `attache` binary uses, so the figures are the binary's.
 #[global_allocator]
@@ -21,6 +31,9 @@ use std::time::Instant;
 
 use attache::config::{self, Options, SourceFile};
 use attache::endpoints::Endpoints;
+use attache::pipeline::{Incremental, RevisionMeta};
+use attache::snapshot::{Store, StoreConfig};
+use attache::source::Revision;
 use attache::translate;
 use prost::Message;
 
@@ -35,10 +48,14 @@ fn main() {
         .next()
         .and_then(|a| a.parse::<usize>().ok())
         .unwrap_or(1);
-    let (Some(count), "encoded" | "structs") = (count, mode.as_str()) else {
-        eprintln!("usage: pipeline_once MAPPINGS [encoded|structs] [RUNS]");
+    let (Some(count), "encoded" | "structs" | "steady") = (count, mode.as_str()) else {
+        eprintln!("usage: pipeline_once MAPPINGS [encoded|structs|steady] [RUNS]");
         std::process::exit(2);
     };
+    if mode == "steady" {
+        steady(count, runs);
+        return;
+    }
     let files: Vec<SourceFile> = generate::repo(count)
         .into_iter()
         .map(|(path, text)| SourceFile {
@@ -89,4 +106,75 @@ fn main() {
             started.elapsed()
         );
     }
+}
+
+/// The steady state: revision 0 builds everything, each later one changes one file.
+fn steady(count: usize, revisions: usize) {
+    let mut files: Vec<SourceFile> = generate::repo_in(count, 100)
+        .into_iter()
+        .map(|(path, text)| SourceFile {
+            path,
+            bytes: text.into_bytes(),
+        })
+        .collect();
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(e) => panic!("a runtime: {e}"),
+    };
+    let store = Store::new(StoreConfig::default());
+    let mut state = Incremental::default();
+    for i in 0..=revisions {
+        if i > 0 {
+            // Team files only (index 0 holds the Hosts), a different one each time;
+            // toggling the prefix makes every revision a real one-line change.
+            let index = 1 + (i * 7) % (files.len() - 1).max(1);
+            let file = &mut files[index];
+            let text = String::from_utf8_lossy(&file.bytes).into_owned();
+            let changed = if text.contains("/api-v2/") {
+                text.replacen("/api-v2/", "/api/", 1)
+            } else {
+                text.replacen("/api/", "/api-v2/", 1)
+            };
+            file.bytes = changed.into_bytes();
+        }
+        let revision = Revision {
+            meta: RevisionMeta {
+                id: format!("r{i}"),
+                ..Default::default()
+            },
+            files: files.clone(),
+            problems: Vec::new(),
+        };
+        let started = Instant::now();
+        let way = steady_revision(&mut state, &store, &runtime, revision);
+        eprintln!("revision {i}: {:?} ({way})", started.elapsed());
+    }
+}
+
+/// One revision from read to published: what issue 4's target times.
+#[inline(never)]
+fn steady_revision(
+    state: &mut Incremental,
+    store: &Store,
+    runtime: &tokio::runtime::Runtime,
+    revision: Revision,
+) -> String {
+    let previous = store.latest();
+    let built = state.build(
+        revision,
+        &Options::default(),
+        &Endpoints::default(),
+        previous.as_deref(),
+    );
+    let way = format!("{:?}", built.way);
+    let Ok((_, snapshot)) = built.result else {
+        panic!(
+            "the generated repository must build: {:?}",
+            built.result.err()
+        );
+    };
+    if let Err(e) = runtime.block_on(store.publish(snapshot)) {
+        panic!("published: {e}");
+    }
+    way
 }
