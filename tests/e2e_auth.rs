@@ -401,8 +401,8 @@ allowed_request_headers: [x-allow]",
 #[test]
 fn auth_server_down_failure_mode_allow_and_deny() {
     let app = Backend::start("app");
-    // A port nothing listens on.
-    let dead = util::free_port();
+    let refusing = util::RefusingPort::bind();
+    let dead = refusing.port();
     let gateway_with = |allow: bool| {
         let config = [
             resource(
@@ -438,7 +438,8 @@ fn auth_server_down_failure_mode_allow_and_deny() {
 #[test]
 fn rate_limit_service_down_failure_mode_deny() {
     let app = Backend::start("app");
-    let dead = util::free_port();
+    let refusing = util::RefusingPort::bind();
+    let dead = refusing.port();
     let gateway_with = |deny: bool| {
         let config = [
             resource(

@@ -397,10 +397,13 @@ async fn auto_chooses_kubernetes_when_reachable_and_dns_otherwise() {
     let rx = endpoints::spawn(&d, shutdown.clone()).await.expect("auto");
     assert_eq!(rx.borrow().resolution, Resolution::Eds);
 
-    // A kubeconfig pointing at a port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // A kubeconfig pointing at a port that refuses connections: bound, never listening,
+    // so no other test can be handed it meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
     let port = closed.local_addr().expect("addr").port();
-    drop(closed);
     let other = tempfile::tempdir().expect("temp dir");
     let text = std::fs::read_to_string(api.kubeconfig(other.path())).expect("read");
     let path = other.path().join("kubeconfig");

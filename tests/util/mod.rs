@@ -33,12 +33,72 @@ pub fn envoy_binary() -> Option<PathBuf> {
     None
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a listener a test will start.
+///
+/// It comes from below the kernel's ephemeral range, never from `bind(":0")`: a port
+/// the kernel handed out and took back can be handed out again at once to another
+/// test's `bind(":0")` or outgoing connection before Envoy binds it. Below that range
+/// only this function hands ports out, one counter per test process, and each is
+/// checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 always works on a test machine")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first = FIRST_FREE_PORT;
+    let last = ephemeral_range_start().saturating_sub(1).max(first + 1000);
+    let span = u32::from(last - first) + 1;
+    // Test binaries run one after another; starting each where its pid says keeps a
+    // port a previous binary's Envoy may still hold out of the way.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + ((offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{first}-{last}")
+}
+
+/// Where [`free_port`]'s range starts: above the well-known and registered ports that
+/// system services on a test machine commonly listen on.
+const FIRST_FREE_PORT: u16 = 20_000;
+
+/// The first port of `net.ipv4.ip_local_port_range` (Linux's default is 32768).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A loopback port that refuses every connection for as long as this value lives.
+///
+/// The socket is bound but never listens: a connect gets RST at once, and no other test
+/// running in parallel can be handed the same port, which a port from [`free_port`]
+/// could be (a test once got a 200 from another test's backend on its "dead" port).
+pub struct RefusingPort {
+    port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusingPort {
+    pub fn bind() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("binding 127.0.0.1:0 always works on a test machine");
+        let port = socket
+            .local_addr()
+            .expect("a bound socket's address")
+            .port();
+        RefusingPort {
+            port,
+            _socket: socket,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Runs `envoy --mode validate -c PATH`; the error holds Envoy's output.
