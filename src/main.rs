@@ -231,6 +231,16 @@ struct DiffArgs {
     /// Where TLS secrets are, as for validate.
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// Load only this gateway's resources when several share the config: those whose
+    /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
+    /// AMBASSADOR_ID).
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "AMBASSADOR_ID",
+        default_value = "default"
+    )]
+    ambassador_id: config::AmbassadorId,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
@@ -308,6 +318,16 @@ struct ServeArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
+    /// Load only this gateway's resources when several share the config: those whose
+    /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
+    /// AMBASSADOR_ID).
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "AMBASSADOR_ID",
+        default_value = "default"
+    )]
+    ambassador_id: config::AmbassadorId,
     /// Where endpoints come from: EndpointSlices (kubernetes), the cluster DNS names
     /// (dns), or kubernetes when an API server is reachable (auto).
     #[arg(long, value_enum, default_value_t = EndpointsMode::Auto)]
@@ -407,6 +427,16 @@ struct LoadArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
+    /// Load only this gateway's resources when several share the config: those whose
+    /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
+    /// AMBASSADOR_ID).
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "AMBASSADOR_ID",
+        default_value = "default"
+    )]
+    ambassador_id: config::AmbassadorId,
 }
 
 #[derive(Debug, Args)]
@@ -510,6 +540,7 @@ fn load(args: &LoadArgs) -> Option<Loaded> {
             Policy::RejectRevision
         },
         secrets_dir: args.secrets_dir.clone(),
+        ambassador_id: args.ambassador_id.clone(),
         ..Default::default()
     };
     // `read_dir` + `load_files` rather than `load_dir`, to know the file count.
@@ -681,6 +712,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
             },
             secrets_dir: args.secrets_dir.clone(),
             limits,
+            ambassador_id: args.ambassador_id.clone(),
         },
         retry: std::time::Duration::from_secs(1),
         webhook_secret: args.webhook_secret_file.clone(),
@@ -745,6 +777,7 @@ fn diff(args: &DiffArgs) -> anyhow::Result<u8> {
     };
     let options = config::Options {
         secrets_dir: args.secrets_dir.clone(),
+        ambassador_id: args.ambassador_id.clone(),
         ..Default::default()
     };
     let mut translated = Vec::new();

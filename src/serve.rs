@@ -228,7 +228,12 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             addr: config.xds_addr,
             source,
         })?;
-    tracing::info!(addr = %config.xds_addr, source = source_name, "serving xDS");
+    tracing::info!(
+        addr = %config.xds_addr,
+        source = source_name,
+        ambassador_id = %config.load.ambassador_id,
+        "serving xDS"
+    );
     let xds_config = xds::Config {
         tls: xds_tls,
         ..xds::Config::default()

@@ -13,6 +13,7 @@ fn attache(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_attache"))
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("AMBASSADOR_ID")
         .output()
         .expect("run attache")
 }
@@ -224,6 +225,56 @@ fn render_of_a_rejected_revision_prints_nothing_and_exits_1() {
             "{errors}"
         );
     }
+}
+
+/// Two gateways in one repository: `--ambassador-id` (or AMBASSADOR_ID, as in Emissary)
+/// picks which one's resources are rendered.
+#[test]
+fn render_takes_only_the_resources_of_the_gateway_it_is_for() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let mapping = |name: &str, id: &str| {
+        format!(
+            "---\napiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata:\n  name: {name}\n\
+             spec:\n  ambassador_id: [{id}]\n  prefix: /{name}/\n  service: {name}:80\n"
+        )
+    };
+    std::fs::write(
+        repo.path().join("mappings.yaml"),
+        mapping("shop", "default") + &mapping("admin", "internal"),
+    )
+    .expect("write");
+    let routes = |output: &Output| {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+        let doc: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+        doc["routes"].to_string()
+    };
+    let dir = path_str(repo.path());
+    let public = routes(&attache(&["render", dir, "--format", "json"]));
+    assert!(
+        public.contains("/shop/") && !public.contains("/admin/"),
+        "{public}"
+    );
+    let internal = routes(&attache(&[
+        "render",
+        dir,
+        "--format",
+        "json",
+        "--ambassador-id",
+        "internal",
+    ]));
+    assert!(
+        internal.contains("/admin/") && !internal.contains("/shop/"),
+        "{internal}"
+    );
+    let from_env = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["render", dir, "--format", "json"])
+        .env("AMBASSADOR_ID", "internal")
+        .output()
+        .expect("run attache");
+    assert_eq!(routes(&from_env), internal);
+    let bad = attache(&["validate", dir, "--ambassador-id", ""]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("ambassador_id"), "{}", stderr(&bad));
 }
 
 #[test]

@@ -454,6 +454,77 @@ fn issue_4_with_skip_invalid_a_revision_with_errors_is_served_and_the_next_loade
     assert_eq!(way, MAPPINGS);
 }
 
+/// Gateways sharing the repository (`ambassador_id`): a Mapping handed from one
+/// gateway to another is a removal or an addition for this one, on the steady way too,
+/// and a file holding only another gateway's Host does not force a whole load.
+#[test]
+fn issue_4_a_mapping_moving_between_gateways_matches_a_cold_build() {
+    let options = Options {
+        ambassador_id: "internal".parse().expect("an id"),
+        ..Default::default()
+    };
+    let endpoints = endpoints();
+    let mut inc = Incremental::default();
+    let mut files = base();
+    // Mappings of the internal gateway, beside ones it does not serve.
+    files.insert(
+        "internal.yaml".into(),
+        mapping(
+            "ops",
+            "admin",
+            "  ambassador_id: [internal]\n  prefix: /admin/\n  service: admin:80\n",
+        ) + &mapping(
+            "ops",
+            "metrics",
+            "  ambassador_id: public\n  prefix: /metrics/\n  service: metrics:80\n",
+        ) + "---\napiVersion: getambassador.io/v3alpha1\nkind: Host\nmetadata:\n  name: pub\n  \
+             namespace: gw\nspec:\n  ambassador_id: [public]\n  hostname: pub.example.com\n",
+    );
+    let (first, way) = step("base", &mut inc, None, &files, &options, &endpoints);
+    assert_eq!(way, Way::Whole);
+    let first = first.expect("accepted");
+    let routes = |snapshot: &Snapshot| {
+        snapshot
+            .resources(ResourceType::Route)
+            .values()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect::<String>()
+    };
+    assert!(routes(&first).contains("/admin/"));
+    assert!(!routes(&first).contains("/metrics/"));
+    // The public gateway's Mapping becomes this one's too.
+    let text = files.get_mut("internal.yaml").unwrap();
+    *text = text.replacen(
+        "ambassador_id: public",
+        "ambassador_id: [public, internal]",
+        1,
+    );
+    let (second, way) = step(
+        "adopt",
+        &mut inc,
+        Some(&first),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, MAPPINGS);
+    let second = second.expect("accepted");
+    assert!(routes(&second).contains("/metrics/"));
+    // And the admin Mapping leaves for the public gateway only.
+    let text = files.get_mut("internal.yaml").unwrap();
+    *text = text.replacen("ambassador_id: [internal]", "ambassador_id: [public]", 1);
+    let (third, way) = step(
+        "hand over",
+        &mut inc,
+        Some(&second),
+        &files,
+        &options,
+        &endpoints,
+    );
+    assert_eq!(way, MAPPINGS);
+    assert!(!routes(&third.expect("accepted")).contains("/admin/"));
+}
+
 /// A tiny deterministic generator: the same mutations on every run.
 struct Lcg(u64);
 

@@ -21,14 +21,15 @@ use super::diag::Diagnostic;
 use super::load::{self, FileParse, SourceFile};
 use super::validate::{self, Item, MappingDefaults, MappingMemo};
 use super::yaml::Limits;
-use super::{Options, Outcome};
+use super::{AmbassadorId, Options, Outcome};
 
 /// Parse and validation results of the last revision's files, by path.
 #[derive(Debug, Default)]
 pub struct Cache {
     files: HashMap<String, Entry>,
-    /// The limits the entries were parsed under: what parses depends on them.
-    limits: Option<Limits>,
+    /// The limits and gateway id the entries were parsed under: what parses depends on
+    /// them.
+    parsed_under: Option<(Limits, AmbassadorId)>,
     /// What [`Cache::load_mappings`] needs of the last revision, when that one had no
     /// error (see `config::delta`).
     pub(super) base: Option<Base>,
@@ -76,9 +77,10 @@ impl Cache {
     /// `load_files(files, options)`.
     pub fn load(&mut self, files: &[SourceFile], options: &Options) -> (Outcome, Reuse) {
         let mut old = std::mem::take(&mut self.files);
-        if self.limits.as_ref() != Some(&options.limits) {
+        let parsed_under = (options.limits, options.ambassador_id.clone());
+        if self.parsed_under.as_ref() != Some(&parsed_under) {
             old.clear();
-            self.limits = Some(options.limits);
+            self.parsed_under = Some(parsed_under);
         }
         let mut entries: Vec<Option<Entry>> = files
             .iter()
@@ -96,7 +98,8 @@ impl Cache {
             parsed: missing.len(),
             reused: files.len() - missing.len(),
         };
-        let mut fresh = load::parse_each(&missing, &options.limits).into_iter();
+        let mut fresh =
+            load::parse_each(&missing, &options.limits, &options.ambassador_id).into_iter();
         for (file, slot) in files.iter().zip(&mut entries) {
             if slot.is_none() {
                 let parse = fresh.next().unwrap_or_default();
@@ -204,7 +207,7 @@ fn validate_entries(
 /// Loads `files` once, with nothing kept (the cold path of [`super::load_files`]).
 pub(super) fn load_once(files: &[SourceFile], options: &Options) -> Outcome {
     let refs: Vec<&SourceFile> = files.iter().collect();
-    let parses = load::parse_each(&refs, &options.limits);
+    let parses = load::parse_each(&refs, &options.limits, &options.ambassador_id);
     let mut diagnostics = Vec::new();
     for parse in &parses {
         diagnostics.extend(parse.diagnostics.iter().cloned());

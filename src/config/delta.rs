@@ -260,7 +260,7 @@ impl Cache {
         base: &Base,
     ) -> Option<Vec<Fresh>> {
         let refs: Vec<&SourceFile> = changed.iter().map(|&i| &files[i]).collect();
-        let parses = load::parse_each(&refs, &options.limits);
+        let parses = load::parse_each(&refs, &options.limits, &options.ambassador_id);
         let mut fresh = Vec::with_capacity(parses.len());
         for (&index, parse) in changed.iter().zip(parses) {
             if parse.diagnostics.iter().any(Diagnostic::is_error) {
@@ -291,7 +291,10 @@ impl Cache {
 }
 
 fn same_options(a: &Options, b: &Options) -> bool {
-    a.policy == b.policy && a.secrets_dir == b.secrets_dir && a.limits == b.limits
+    a.policy == b.policy
+        && a.secrets_dir == b.secrets_dir
+        && a.limits == b.limits
+        && a.ambassador_id == b.ambassador_id
 }
 
 fn only_mappings(entry: &Entry) -> bool {

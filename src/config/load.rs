@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::AmbassadorId;
 use super::diag::{Diagnostic, ResourceRef, Severity};
 use super::model::{Kind, Origin};
 use super::raw;
@@ -209,16 +210,23 @@ pub struct FileParse {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Parses every document of every file, decoding the ones that are gateway resources;
-/// one [`FileParse`] per file, in the order of `files`.
-pub fn parse_each(files: &[&SourceFile], limits: &Limits) -> Vec<FileParse> {
+/// Parses every document of every file, decoding the ones that are gateway resources
+/// for `gateway`; one [`FileParse`] per file, in the order of `files`.
+pub fn parse_each(
+    files: &[&SourceFile],
+    limits: &Limits,
+    gateway: &AmbassadorId,
+) -> Vec<FileParse> {
     let total: usize = files.iter().map(|f| f.bytes.len()).sum();
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_PARSE_THREADS)
         .min(files.len());
     if total < PARALLEL_FROM_BYTES || workers < 2 {
-        return files.iter().map(|f| parse_file(f, limits)).collect();
+        return files
+            .iter()
+            .map(|f| parse_file(f, limits, gateway))
+            .collect();
     }
     // Files are independent, so big revisions parse on every core. Each worker takes a
     // contiguous run of files of about equal size and results are joined in file order,
@@ -231,7 +239,7 @@ pub fn parse_each(files: &[&SourceFile], limits: &Limits) -> Vec<FileParse> {
                 scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|f| parse_file(f, limits))
+                        .map(|f| parse_file(f, limits, gateway))
                         .collect::<Vec<_>>()
                 })
             })
@@ -330,7 +338,7 @@ fn contiguous_chunks<'f, 's>(
 }
 
 /// Parses one file: its documents, decoded into resources where they are gateway kinds.
-fn parse_file(file: &SourceFile, limits: &Limits) -> FileParse {
+fn parse_file(file: &SourceFile, limits: &Limits, gateway: &AmbassadorId) -> FileParse {
     let mut out = FileParse::default();
     let name: Arc<str> = Arc::from(file.path.as_str());
     let docs = match yaml::parse_documents(&file.bytes, limits) {
@@ -353,6 +361,7 @@ fn parse_file(file: &SourceFile, limits: &Limits) -> FileParse {
         file: name,
         source: std::str::from_utf8(&file.bytes).unwrap_or_default(),
         limits,
+        gateway,
         diagnostics: &mut out.diagnostics,
         out: &mut out.parsed,
     };
@@ -372,6 +381,7 @@ struct DocContext<'a> {
     file: Arc<str>,
     source: &'a str,
     limits: &'a Limits,
+    gateway: &'a AmbassadorId,
     diagnostics: &'a mut Vec<Diagnostic>,
     out: &'a mut Vec<Parsed>,
 }
@@ -604,6 +614,32 @@ impl DocContext<'_> {
         } else {
             (doc, "", &["apiVersion", "kind", "name", "namespace"])
         };
+        // Before decoding: another gateway's resource is not this one's to judge.
+        match declared_gateways(spec_node.get("ambassador_id")) {
+            Ok(ids) if ids.is_empty() => {
+                if self.gateway.as_str() != AmbassadorId::DEFAULT {
+                    return;
+                }
+            }
+            Ok(ids) => {
+                if !ids.contains(&self.gateway.as_str()) {
+                    return;
+                }
+            }
+            Err(node) => {
+                self.error(
+                    node,
+                    resource,
+                    format!("{base}{}ambassador_id", if crd_form { "." } else { "" }),
+                    format!(
+                        "expected a string or a list of strings (the ids of the gateways \
+                         this resource is for), found {}",
+                        node.value.describe()
+                    ),
+                );
+                return;
+            }
+        }
         let spec = match kind_enum {
             Kind::Mapping => yaml::decode_skipping::<raw::MappingSpec>(spec_node, base, skip)
                 .map(|s| Spec::Mapping(Box::new(s))),
@@ -866,6 +902,21 @@ impl DocContext<'_> {
             }
             None => None,
         }
+    }
+}
+
+/// The gateway ids a resource's `ambassador_id` names: none when it is absent, null or
+/// an empty list (all meaning `default`); the offending node when it is neither a
+/// string nor a list of strings.
+fn declared_gateways(node: Option<&Node>) -> Result<Vec<&str>, &Node> {
+    let Some(node) = node else {
+        return Ok(Vec::new());
+    };
+    match &node.value {
+        Value::Null => Ok(Vec::new()),
+        Value::Str(id) => Ok(vec![id]),
+        Value::Seq(items) => items.iter().map(|i| i.as_str().ok_or(i)).collect(),
+        _ => Err(node),
     }
 }
 

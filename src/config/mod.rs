@@ -48,6 +48,53 @@ pub struct Options {
     /// `attache validate` in pull-request CI where secrets are not available.
     pub secrets_dir: Option<PathBuf>,
     pub limits: yaml::Limits,
+    /// Which gateway's resources to load when several share the repository.
+    pub ambassador_id: AmbassadorId,
+}
+
+/// The gateway this attache serves, as Emissary's `AMBASSADOR_ID`.
+///
+/// Emissary lets several gateways share one set of resources: a resource whose
+/// `ambassador_id` (a string or a list) does not name this gateway belongs to another
+/// one and is left out before it is decoded, as Emissary leaves it out. A resource
+/// without `ambassador_id`, or with an empty list, belongs to `default`. Loading every
+/// resource regardless would serve one gateway's internal routes on another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AmbassadorId(String);
+
+impl AmbassadorId {
+    /// The id of resources that name none.
+    pub const DEFAULT: &str = "default";
+
+    /// The id as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for AmbassadorId {
+    fn default() -> Self {
+        AmbassadorId(Self::DEFAULT.to_owned())
+    }
+}
+
+impl std::fmt::Display for AmbassadorId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for AmbassadorId {
+    type Err = String;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{id:?} is not an ambassador_id: it must be non-empty, without spaces"
+            ));
+        }
+        Ok(AmbassadorId(id.to_owned()))
+    }
 }
 
 /// The result of loading a revision: the valid resources, and every diagnostic.

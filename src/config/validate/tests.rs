@@ -298,6 +298,154 @@ fn an_annotated_service_reads_only_name_namespace_and_the_annotation() {
     assert!(only_error(&load(yaml)).contains("missing required field `name`"));
 }
 
+// === ambassador_id: gateways sharing a repository ===
+
+fn load_for(yaml: &str, gateway: &str) -> Outcome {
+    let files = [SourceFile {
+        path: "test.yaml".to_owned(),
+        bytes: yaml.as_bytes().to_vec(),
+    }];
+    let options = Options {
+        ambassador_id: gateway.parse().expect("an ambassador_id"),
+        ..Options::default()
+    };
+    load_files(&files, &options)
+}
+
+fn mapping_names(config: &Config) -> Vec<&str> {
+    config
+        .mappings
+        .iter()
+        .map(|m| m.meta.name.as_str())
+        .collect()
+}
+
+/// Two gateways share one repository; each serves only its own resources, as with
+/// Emissary's AMBASSADOR_ID. The internal gateway's Mappings must never reach the
+/// public one.
+#[test]
+fn each_gateway_loads_only_the_resources_its_ambassador_id_names() {
+    let yaml = [
+        mapping("plain", "default", "  prefix: /plain/\n  service: a\n"),
+        mapping(
+            "named-default",
+            "default",
+            "  ambassador_id: [default]\n  prefix: /d/\n  service: a\n",
+        ),
+        mapping(
+            "internal-only",
+            "default",
+            "  ambassador_id: internal\n  prefix: /admin/\n  service: a\n",
+        ),
+        mapping(
+            "both",
+            "default",
+            "  ambassador_id: [internal, default]\n  prefix: /both/\n  service: a\n",
+        ),
+        mapping(
+            "empty-list",
+            "default",
+            "  ambassador_id: []\n  prefix: /e/\n  service: a\n",
+        ),
+        // Flat form: the field sits at the top level.
+        "---\napiVersion: getambassador.io/v3alpha1\nkind: Mapping\nname: flat-internal\n\
+         ambassador_id: [internal]\nprefix: /flat/\nservice: a\n"
+            .to_owned(),
+    ]
+    .concat();
+    let public = clean(load_for(&yaml, "default"));
+    assert_eq!(
+        mapping_names(&public),
+        ["both", "empty-list", "named-default", "plain"]
+    );
+    let internal = clean(load_for(&yaml, "internal"));
+    assert_eq!(
+        mapping_names(&internal),
+        ["both", "flat-internal", "internal-only"]
+    );
+    assert!(clean(load_for(&yaml, "other")).mappings.is_empty());
+}
+
+/// Another gateway's resource is that gateway's to judge: its fields are not decoded
+/// here, and its name may repeat one of this gateway's.
+#[test]
+fn another_gateways_resources_are_neither_decoded_nor_counted_as_duplicates() {
+    let yaml = [
+        mapping("api", "default", "  prefix: /api/\n  service: a\n"),
+        mapping(
+            "api",
+            "default",
+            "  ambassador_id: canary\n  prefix: /api/\n  service: b\n  futureField: 1\n",
+        ),
+        "---\napiVersion: getambassador.io/v3alpha1\nkind: AuthService\nmetadata:\n  \
+         name: auth\nspec:\n  ambassador_id: [canary]\n  auth_service: auth:3000\n  \
+         proto: nonsense\n"
+            .to_owned(),
+    ]
+    .concat();
+    let config = clean(load_for(&yaml, "default"));
+    assert_eq!(mapping_names(&config), ["api"]);
+    assert!(config.auth_service.is_none());
+    let canary = load_for(&yaml, "canary");
+    let errors = errors(&canary);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors.iter().any(|e| e.contains("futureField")),
+        "{errors:#?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("proto")), "{errors:#?}");
+}
+
+/// Resources in a Service's annotation carry their own `ambassador_id`.
+#[test]
+fn annotated_resources_are_filtered_by_their_own_ambassador_id() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  annotations:\n    \
+                getambassador.io/config: |\n      apiVersion: getambassador.io/v3alpha1\n      \
+                kind: Mapping\n      name: web\n      prefix: /web/\n      ---\n      \
+                apiVersion: getambassador.io/v3alpha1\n      kind: Mapping\n      \
+                name: web-internal\n      ambassador_id: internal\n      prefix: /int/\n";
+    assert_eq!(mapping_names(&clean(load_for(yaml, "default"))), ["web"]);
+    assert_eq!(
+        mapping_names(&clean(load_for(yaml, "internal"))),
+        ["web-internal"]
+    );
+}
+
+/// A malformed `ambassador_id` cannot say which gateway the resource is for: an error
+/// for every gateway, at the field.
+#[test]
+fn a_malformed_ambassador_id_is_an_error_at_the_field() {
+    let yaml = mapping(
+        "odd",
+        "default",
+        "  prefix: /odd/\n  service: a\n  ambassador_id: {name: internal}\n",
+    );
+    for gateway in ["default", "internal"] {
+        assert_eq!(
+            only_error(&load_for(&yaml, gateway)),
+            "test.yaml:10:18: error: Mapping \"odd\": spec.ambassador_id: expected a string or \
+             a list of strings (the ids of the gateways this resource is for), found a mapping"
+        );
+    }
+    let listed = mapping(
+        "odd",
+        "default",
+        "  prefix: /odd/\n  service: a\n  ambassador_id: [internal, 7]\n",
+    );
+    assert!(only_error(&load_for(&listed, "default")).contains("test.yaml:10:29:"));
+}
+
+/// The id comes from a flag or AMBASSADOR_ID, so a bad one is refused where it is read.
+#[test]
+fn an_ambassador_id_is_a_non_empty_word() {
+    assert!("".parse::<crate::config::AmbassadorId>().is_err());
+    assert!("in ternal".parse::<crate::config::AmbassadorId>().is_err());
+    assert_eq!(
+        crate::config::AmbassadorId::default().as_str(),
+        crate::config::AmbassadorId::DEFAULT
+    );
+}
+
 // === Cross-resource removal under --allow-partial ===
 
 /// A bad Host or Listener was left out by name, taking valid namesakes in other
