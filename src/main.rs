@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -183,7 +183,12 @@ that attache's certificate names --xds-server-name (default: the host of --xds-a
 
   attache bootstrap --node-id edge-1 --cluster edge --xds-address attache.gw.svc:18000 \\
       --xds-tls-cert /etc/envoy/xds/tls.crt --xds-tls-key /etc/envoy/xds/tls.key \\
-      --xds-ca /etc/envoy/xds/ca.crt > envoy.yaml";
+      --xds-ca /etc/envoy/xds/ca.crt > envoy.yaml
+
+Envoy reads those files once, at start. With --xds-tls-sds-dir DIR, attache also writes
+two small file-based SDS configs into DIR that name them, and the bootstrap takes the
+certificate through them: Envoy then watches the files and uses a renewed certificate,
+key or CA for its next connection to attache, without a restart.";
 
 #[derive(Debug, Parser)]
 #[command(name = "attache", version, about = "A GitOps control plane for Envoy", long_about = LONG_ABOUT)]
@@ -382,6 +387,11 @@ struct BootstrapArgs {
     /// host of --xds-address.
     #[arg(long, value_name = "NAME", requires = "xds_ca")]
     xds_server_name: Option<String>,
+    /// Write two file-based SDS configs naming the three files into DIR (created if
+    /// missing) and point the bootstrap at them, so Envoy reloads its certificate, key
+    /// and CA when they are renewed; without it Envoy reads them once, at start.
+    #[arg(long, value_name = "DIR", requires = "xds_ca")]
+    xds_tls_sds_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Yaml)]
     format: OutputFormat,
@@ -851,6 +861,10 @@ fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<u8> {
             key: key.clone(),
             ca: ca.clone(),
             server_name: args.xds_server_name.clone(),
+            sds_dir: args
+                .xds_tls_sds_dir
+                .as_ref()
+                .map(|dir| dir.display().to_string()),
         }),
         _ => None,
     };
@@ -869,10 +883,30 @@ fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<u8> {
         OutputFormat::Yaml => render::Format::Yaml,
         OutputFormat::Json => render::Format::Json,
     };
+    if let (Some(tls), Some(dir)) = (&tls, &args.xds_tls_sds_dir) {
+        write_sds_files(tls, dir)?;
+    }
     let value = render::to_json(&bootstrap).context("rendering the bootstrap")?;
     let text = render::to_text(&value, format).context("serializing the bootstrap")?;
     print_stdout(&text)?;
     Ok(ACCEPTED)
+}
+
+/// Writes the file-based SDS configs of `tls` into `dir`, each by a rename: Envoy
+/// watches `dir` for moves and must never read a half-written file.
+fn write_sds_files(tls: &attache::xds::bootstrap::ClientTls, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, response) in attache::xds::bootstrap::sds_files(tls) {
+        let value = render::to_json(&response).context("rendering an SDS config")?;
+        let text =
+            render::to_text(&value, render::Format::Json).context("serializing an SDS config")?;
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    }
+    Ok(())
 }
 
 // === render ===

@@ -252,6 +252,7 @@ fn client_tls(pki: &Pki, client: &str, ca: &str) -> ClientTls {
         key: pki.key(client).display().to_string(),
         ca: pki.crt(ca).display().to_string(),
         server_name: Some(SERVER_NAME.into()),
+        sds_dir: None,
     }
 }
 
@@ -522,6 +523,124 @@ async fn a_rotated_server_certificate_serves_new_connections_without_a_restart()
             .is_some_and(|n| n.disconnected_at_ms.is_none())
     );
     assert_eq!(stat(&first, "cluster.xds_cluster.upstream_cx_total"), 1);
+    server.stop().await;
+}
+
+/// Envoy's own certificate is renewed on disk the way kubelet renews a Secret volume
+/// (a new `..TIMESTAMP` directory, `..data` swapped by a rename). With the bootstrap
+/// from `attache bootstrap --xds-tls-sds-dir`, Envoy takes its certificate through
+/// file-based SDS, reloads it, and its next connection to attache uses it: an Envoy
+/// refused for a stale certificate gets its configuration without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
+    let Some(envoy_bin) = util::envoy_binary() else {
+        return;
+    };
+    if !openssl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::new(dir.path());
+    pki.make("ca", "ca", None);
+    pki.make("server", "server", Some("ca"));
+    pki.make("edge", "client", Some("ca"));
+    pki.make("old-ca", "ca", None);
+    pki.make("stale", "client", Some("old-ca"));
+
+    // Envoy's Secret volume: tls.crt, tls.key and ca.crt are symlinks through `..data`.
+    let volume = dir.path().join("envoy-tls");
+    std::fs::create_dir(&volume).expect("mkdir");
+    let publish_volume = |version: &str, client: &str| {
+        let data = volume.join(format!("..{version}"));
+        std::fs::create_dir(&data).expect("mkdir version");
+        std::fs::copy(pki.crt(client), data.join("tls.crt")).expect("copy cert");
+        std::fs::copy(pki.key(client), data.join("tls.key")).expect("copy key");
+        std::fs::copy(pki.crt("ca"), data.join("ca.crt")).expect("copy ca");
+        let tmp = volume.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).expect("symlink");
+        std::fs::rename(&tmp, volume.join("..data")).expect("swap ..data");
+        for file in ["tls.crt", "tls.key", "ca.crt"] {
+            let link = volume.join(file);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{file}"), &link).expect("link");
+            }
+        }
+    };
+    publish_volume("v1", "stale");
+
+    let (server, metrics) = tls_server(pki.server_files("server", "ca")).await;
+    let alpha = Backend::start("alpha");
+    let port = util::free_port();
+    server
+        .publish(snapshot(
+            "r1",
+            &gateway(port, &[("/", "alpha")], &[("alpha", alpha.addr)]),
+        ))
+        .await;
+    let admin_port = util::free_port();
+    let bootstrap = dir.path().join("edge.yaml");
+    let sds_dir = dir.path().join("sds");
+    let file = |name: &str| volume.join(name).display().to_string();
+    cli_bootstrap(
+        &envoy_bin,
+        &bootstrap,
+        &[
+            "--node-id",
+            "edge",
+            "--cluster",
+            "gateway",
+            "--xds-address",
+            &server.addr.to_string(),
+            "--admin-port",
+            &admin_port.to_string(),
+            "--xds-tls-cert",
+            &file("tls.crt"),
+            "--xds-tls-key",
+            &file("tls.key"),
+            "--xds-ca",
+            &file("ca.crt"),
+            "--xds-server-name",
+            SERVER_NAME,
+            "--xds-tls-sds-dir",
+            &sds_dir.display().to_string(),
+        ],
+    );
+    for name in [
+        attache::xds::bootstrap::CLIENT_CERT_SDS_FILE,
+        attache::xds::bootstrap::SERVER_CA_SDS_FILE,
+    ] {
+        let text = std::fs::read_to_string(sds_dir.join(name)).expect("SDS file written");
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "{name} names files only:\n{text}"
+        );
+    }
+
+    // The stale certificate is refused, and Envoy keeps retrying.
+    let before = failures(&server, &metrics, "client_certificate_rejected");
+    let starting = tokio::task::spawn_blocking({
+        let (envoy_bin, bootstrap) = (envoy_bin.clone(), bootstrap.clone());
+        move || EnvoyProcess::start(&envoy_bin, &bootstrap, admin_port)
+    });
+    until_refused(&server, &metrics, "client_certificate_rejected", before).await;
+    assert!(server.store.node("edge").is_none());
+
+    // Renewed: Envoy's next attempt presents the new certificate and is let in.
+    publish_volume("v2", "edge");
+    let envoy = starting.await.expect("envoy starts");
+    expect_route(&envoy, port, "/", "alpha");
+    server
+        .until("edge in sync with r1", |s| {
+            s.node("edge")
+                .and_then(|n| n.synced_snapshot)
+                .is_some_and(|v| v.starts_with("r1"))
+        })
+        .await;
+    assert!(
+        stat(&envoy, "cluster.xds_cluster.upstream_cx_total") >= 2,
+        "refused first, then connected\n{}",
+        envoy.log()
+    );
     server.stop().await;
 }
 

@@ -21,19 +21,21 @@ use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap}
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource,
-    GrpcService, Http2ProtocolOptions, Node, SocketAddress, TransportSocket, address,
-    api_config_source, config_source, data_source, grpc_service, socket_address, transport_socket,
+    GrpcService, Http2ProtocolOptions, Node, PathConfigSource, SocketAddress, TransportSocket,
+    WatchedDirectory, address, api_config_source, config_source, data_source, grpc_service,
+    socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
-    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret, SubjectAltNameMatcher,
+    TlsCertificate, UpstreamTlsContext, common_tls_context, secret, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Duration, Struct, Value, value};
 use envoy_types::util::pack_any;
@@ -77,7 +79,19 @@ pub struct ClientTls {
     /// an IP is matched as an IP SAN and sends no SNI). Default: the host of the xDS
     /// address.
     pub server_name: Option<String>,
+    /// A directory holding the [`sds_files`]: when set, Envoy takes its certificate, key
+    /// and CA through file-based SDS, which watches the files and reloads them when they
+    /// change (cert-manager renewing a Secret volume), where files named in the
+    /// bootstrap itself are read once, at start.
+    pub sds_dir: Option<String>,
 }
+
+/// The file-based SDS config of Envoy's client certificate, in [`ClientTls::sds_dir`].
+pub const CLIENT_CERT_SDS_FILE: &str = "xds-client-certificate.json";
+/// The file-based SDS config of the CA attache's certificate must chain to.
+pub const SERVER_CA_SDS_FILE: &str = "xds-server-ca.json";
+const CLIENT_CERT_SECRET: &str = "attache_xds_client_certificate";
+const SERVER_CA_SECRET: &str = "attache_xds_server_ca";
 
 /// Builds the bootstrap for one node.
 ///
@@ -226,8 +240,96 @@ fn xds_cluster(host: &str, port: u16) -> Cluster {
     }
 }
 
+/// What goes in [`ClientTls::sds_dir`] for the bootstrap that names it: (file name,
+/// contents) of the two file-based SDS configs, each a `DiscoveryResponse` holding one
+/// Secret that names the PEM files. The caller writes them, rendered as JSON.
+pub fn sds_files(tls: &ClientTls) -> Vec<(&'static str, DiscoveryResponse)> {
+    let certificate = Secret {
+        name: CLIENT_CERT_SECRET.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(file(&tls.cert)),
+            private_key: Some(file(&tls.key)),
+            // Reloading on the directory reads the pair together, so a renewal that
+            // swaps both (a Secret volume's `..data`) is never seen half done.
+            watched_directory: shared_parent(&tls.cert, &tls.key).map(watch),
+            ..Default::default()
+        })),
+    };
+    let ca = Secret {
+        name: SERVER_CA_SECRET.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(file(&tls.ca)),
+                watched_directory: parent(&tls.ca).map(watch),
+                ..Default::default()
+            },
+        )),
+    };
+    let response = |secret: Secret| DiscoveryResponse {
+        version_info: "file".to_owned(),
+        resources: vec![pack_any(secret)],
+        type_url: Secret::type_url(),
+        ..Default::default()
+    };
+    vec![
+        (CLIENT_CERT_SDS_FILE, response(certificate)),
+        (SERVER_CA_SDS_FILE, response(ca)),
+    ]
+}
+
+fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn watch(dir: &str) -> WatchedDirectory {
+    // Moves only: renewals (cert-manager, a Secret volume's `..data` swap, `mv` of a
+    // finished file) are renames, and a half-written file must not be read.
+    WatchedDirectory {
+        path: dir.to_owned(),
+        watch_modify: false,
+    }
+}
+
+/// The directory part of `path`, when it has one.
+fn parent(path: &str) -> Option<&str> {
+    match path.rsplit_once('/') {
+        Some(("", _)) => Some("/"),
+        Some((dir, _)) => Some(dir),
+        None => None,
+    }
+}
+
+fn shared_parent<'p>(a: &'p str, b: &str) -> Option<&'p str> {
+    parent(a).filter(|dir| parent(b) == Some(*dir))
+}
+
+/// A file-based SDS source: Envoy reloads `dir/file` when an entry of `dir` is moved to,
+/// which is how a ConfigMap or Secret volume is updated.
+fn sds_path(dir: &str, file: &str, name: &str) -> SdsSecretConfig {
+    let dir = dir.trim_end_matches('/');
+    let dir = if dir.is_empty() { "/" } else { dir };
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ConfigSource {
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(
+                PathConfigSource {
+                    path: format!("{}/{file}", dir.trim_end_matches('/')),
+                    watched_directory: Some(watch(dir)),
+                    poll_interval: None,
+                },
+            )),
+            resource_api_version: ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
+}
+
 /// The `envoy.transport_sockets.tls` socket of the xDS cluster: Envoy's certificate
-/// from files, attache's checked against `tls.ca` and the server name, ALPN `h2`.
+/// from files (directly, or through file-based SDS with `tls.sds_dir`), attache's
+/// checked against `tls.ca` and the server name, ALPN `h2`.
 fn tls_socket(tls: &ClientTls, xds_host: &str) -> Result<TransportSocket> {
     let name = tls.server_name.as_deref().unwrap_or(xds_host);
     if name.is_empty() || name.contains(char::is_whitespace) {
@@ -238,38 +340,59 @@ fn tls_socket(tls: &ClientTls, xds_host: &str) -> Result<TransportSocket> {
         Ok(_) => (subject_alt_name_matcher::SanType::IpAddress, String::new()),
         Err(_) => (subject_alt_name_matcher::SanType::Dns, name.to_owned()),
     };
-    let file = |path: &str| DataSource {
-        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+    let server_name = vec![SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(name.to_owned())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut common = CommonTlsContext {
+        alpn_protocols: vec!["h2".to_owned()],
         ..Default::default()
     };
-    let context = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
+    match &tls.sds_dir {
+        None => {
+            common.tls_certificates = vec![TlsCertificate {
                 certificate_chain: Some(file(&tls.cert)),
                 private_key: Some(file(&tls.key)),
                 ..Default::default()
-            }],
-            validation_context_type: Some(
+            }];
+            common.validation_context_type = Some(
                 common_tls_context::ValidationContextType::ValidationContext(
                     CertificateValidationContext {
                         trusted_ca: Some(file(&tls.ca)),
-                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                            san_type: san_type as i32,
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(string_matcher::MatchPattern::Exact(
-                                    name.to_owned(),
-                                )),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }],
+                        match_typed_subject_alt_names: server_name,
                         ..Default::default()
                     },
                 ),
-            ),
-            alpn_protocols: vec!["h2".to_owned()],
-            ..Default::default()
-        }),
+            );
+        }
+        Some(dir) => {
+            common.tls_certificate_sds_secret_configs =
+                vec![sds_path(dir, CLIENT_CERT_SDS_FILE, CLIENT_CERT_SECRET)];
+            // The name check stays here, in the bootstrap, whatever the file holds.
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: server_name,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds_path(
+                            dir,
+                            SERVER_CA_SDS_FILE,
+                            SERVER_CA_SECRET,
+                        )),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+    }
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(common),
         sni,
         ..Default::default()
     };
@@ -389,6 +512,7 @@ mod tests {
             key: "/etc/envoy/xds/tls.key".into(),
             ca: "/etc/envoy/xds/ca.crt".into(),
             server_name: server_name.map(str::to_owned),
+            sds_dir: None,
         }
     }
 
@@ -514,6 +638,114 @@ mod tests {
                 .transport_socket
                 .is_none()
         );
+    }
+
+    /// With an SDS dir the bootstrap names no certificate file itself: Envoy takes both
+    /// through file-based SDS, which it watches. The server-name check stays in the
+    /// bootstrap.
+    #[test]
+    fn tls_through_sds_files_names_the_files_only_in_them() {
+        let tls = ClientTls {
+            sds_dir: Some("/etc/envoy/sds/".into()),
+            ..client_tls(Some("attache-xds"))
+        };
+        let context = tls_context(
+            ads_bootstrap_with_tls(&config("127.0.0.1:18000", false), Some(&tls)).expect("valid"),
+        );
+        assert_eq!(context.sni, "attache-xds");
+        let common = context.common_tls_context.expect("common");
+        assert!(common.tls_certificates.is_empty());
+        let path_of = |sds: &SdsSecretConfig| match sds
+            .sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.clone())
+        {
+            Some(config_source::ConfigSourceSpecifier::PathConfigSource(p)) => (
+                sds.name.clone(),
+                p.path,
+                p.watched_directory.map(|w| w.path),
+            ),
+            other => panic!("a path config source expected, got {other:?}"),
+        };
+        let [cert] = common.tls_certificate_sds_secret_configs.as_slice() else {
+            panic!("one SDS certificate");
+        };
+        assert_eq!(
+            path_of(cert),
+            (
+                CLIENT_CERT_SECRET.to_owned(),
+                "/etc/envoy/sds/xds-client-certificate.json".to_owned(),
+                Some("/etc/envoy/sds".to_owned())
+            )
+        );
+        let Some(common_tls_context::ValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!("a combined validation context expected");
+        };
+        let defaults = combined.default_validation_context.expect("defaults");
+        assert!(defaults.trusted_ca.is_none());
+        let [matcher] = defaults.match_typed_subject_alt_names.as_slice() else {
+            panic!("one SAN matcher");
+        };
+        assert_eq!(
+            matcher.san_type,
+            subject_alt_name_matcher::SanType::Dns as i32
+        );
+        let ca = combined.validation_context_sds_secret_config.expect("ca");
+        assert_eq!(
+            path_of(&ca).1,
+            "/etc/envoy/sds/xds-server-ca.json".to_owned()
+        );
+
+        // The files name the PEM files and watch their directories.
+        let files = sds_files(&tls);
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, [CLIENT_CERT_SDS_FILE, SERVER_CA_SDS_FILE]);
+        let secret = |response: &DiscoveryResponse| {
+            let [any] = response.resources.as_slice() else {
+                panic!("one resource");
+            };
+            assert_eq!(any.type_url, Secret::type_url());
+            <Secret as prost::Message>::decode(any.value.as_slice()).expect("decodes")
+        };
+        let certificate = secret(&files[0].1);
+        assert_eq!(certificate.name, cert.name);
+        let Some(secret::Type::TlsCertificate(pair)) = certificate.r#type else {
+            panic!("a certificate");
+        };
+        assert_eq!(
+            pair.private_key.and_then(|d| d.specifier),
+            Some(data_source::Specifier::Filename(
+                "/etc/envoy/xds/tls.key".into()
+            ))
+        );
+        assert_eq!(
+            pair.watched_directory.map(|w| w.path).as_deref(),
+            Some("/etc/envoy/xds")
+        );
+        let authority = secret(&files[1].1);
+        assert_eq!(authority.name, ca.name);
+        let Some(secret::Type::ValidationContext(v)) = authority.r#type else {
+            panic!("a validation context");
+        };
+        assert_eq!(
+            v.trusted_ca.and_then(|d| d.specifier),
+            Some(data_source::Specifier::Filename(
+                "/etc/envoy/xds/ca.crt".into()
+            ))
+        );
+        // A key elsewhere than its certificate: no one directory holds the pair, so
+        // Envoy's default (each file's directory) applies.
+        let split = ClientTls {
+            key: "/run/keys/tls.key".into(),
+            ..tls
+        };
+        let Some(secret::Type::TlsCertificate(pair)) = secret(&sds_files(&split)[0].1).r#type
+        else {
+            panic!("a certificate");
+        };
+        assert!(pair.watched_directory.is_none());
     }
 
     #[test]
