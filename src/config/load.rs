@@ -616,21 +616,18 @@ impl DocContext<'_> {
         };
         // Before decoding: another gateway's resource is not this one's to judge.
         match declared_gateways(spec_node.get("ambassador_id")) {
-            Ok(ids) if ids.is_empty() => {
-                if self.gateway.as_str() != AmbassadorId::DEFAULT {
-                    return;
-                }
-            }
-            Ok(ids) => {
-                if !ids.contains(&self.gateway.as_str()) {
-                    return;
-                }
-            }
+            Ok(ids) if !self.gateway.is_named_by(&ids) => return,
+            Ok(_) => {}
             Err(node) => {
+                let field = if crd_form {
+                    "spec.ambassador_id"
+                } else {
+                    "ambassador_id"
+                };
                 self.error(
                     node,
                     resource,
-                    format!("{base}{}ambassador_id", if crd_form { "." } else { "" }),
+                    field.into(),
                     format!(
                         "expected a string or a list of strings (the ids of the gateways \
                          this resource is for), found {}",

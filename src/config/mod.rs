@@ -70,6 +70,15 @@ impl AmbassadorId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether a resource whose `ambassador_id` lists `declared` is for this gateway.
+    pub fn is_named_by(&self, declared: &[&str]) -> bool {
+        if declared.is_empty() {
+            self.0 == Self::DEFAULT
+        } else {
+            declared.contains(&self.0.as_str())
+        }
+    }
 }
 
 impl Default for AmbassadorId {
