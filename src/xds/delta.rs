@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tonic::Status;
 
 use super::subscription::Subscription;
-use super::{Limits, check_names, nack_message, to_any, type_url};
+use super::{Limits, check_names, nack_message, requested_type, to_any, type_url};
 use crate::snapshot::{ResourceType, Snapshot, StreamHandle, content_version};
 
 /// How many unanswered responses per type a stream remembers; older ones count as lost
@@ -92,15 +92,13 @@ impl Delta {
     ///
     /// A gRPC status that ends the stream: no type URL, or absurd name lists.
     pub(crate) fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
-        if req.type_url.is_empty() {
-            return Err(Status::invalid_argument(
-                "delta discovery request carries no type_url (required on ADS)",
-            ));
-        }
-        let Some(kind) = type_url::parse(&req.type_url) else {
-            if self.unknown_types.len() < 16 && self.unknown_types.insert(req.type_url.clone()) {
-                tracing::warn!(node.id = %self.handle.node_id(), type_url = %req.type_url, "ignoring request for a type attache does not serve");
-            }
+        let Some(kind) = requested_type(
+            &req.type_url,
+            "delta discovery request",
+            &mut self.unknown_types,
+            self.handle.node_id(),
+        )?
+        else {
             return Ok(());
         };
         check_names(&self.limits, &req.type_url, &req.resource_names_subscribe)?;

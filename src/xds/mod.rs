@@ -235,6 +235,31 @@ pub(crate) fn nack_message(status: &envoy_types::pb::google::rpc::Status) -> Str
     format!("{}...", &message[..end])
 }
 
+/// The resource type a request asks for: `None` (ignored, and warned about once per type
+/// URL, at most 16 per stream) for a type attache does not serve, so that one
+/// unsupported type does not end a stream serving the others.
+///
+/// # Errors
+///
+/// A status ending the stream when the request has no type URL, which ADS requires.
+pub(crate) fn requested_type(
+    type_url: &str,
+    request: &str,
+    unknown_types: &mut std::collections::BTreeSet<String>,
+    node_id: &str,
+) -> std::result::Result<Option<ResourceType>, Status> {
+    if type_url.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{request} carries no type_url (required on ADS)"
+        )));
+    }
+    let kind = type_url::parse(type_url);
+    if kind.is_none() && unknown_types.len() < 16 && unknown_types.insert(type_url.to_owned()) {
+        tracing::warn!(node.id = %node_id, type_url = %type_url, "ignoring request for a type attache does not serve");
+    }
+    Ok(kind)
+}
+
 /// Rejects absurd resource name lists.
 pub(crate) fn check_names(
     limits: &Limits,

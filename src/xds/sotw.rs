@@ -24,7 +24,7 @@ use super::cache::ResponseCache;
 use super::names::NameSets;
 use super::subscription::Subscription;
 use super::wire::{Reply, sotw_body};
-use super::{Limits, check_names, nack_message, type_url};
+use super::{Limits, check_names, nack_message, requested_type};
 use crate::snapshot::{Resource, ResourceType, Snapshot, StreamHandle, content_version};
 
 /// One SotW stream's protocol state.
@@ -124,15 +124,13 @@ impl Sotw {
     ///
     /// A gRPC status that ends the stream: no type URL, or an absurd name list.
     pub(crate) fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
-        if req.type_url.is_empty() {
-            return Err(Status::invalid_argument(
-                "discovery request carries no type_url (required on ADS)",
-            ));
-        }
-        let Some(kind) = type_url::parse(&req.type_url) else {
-            if self.unknown_types.len() < 16 && self.unknown_types.insert(req.type_url.clone()) {
-                tracing::warn!(node.id = %self.handle.node_id(), type_url = %req.type_url, "ignoring request for a type attache does not serve");
-            }
+        let Some(kind) = requested_type(
+            &req.type_url,
+            "discovery request",
+            &mut self.unknown_types,
+            self.handle.node_id(),
+        )?
+        else {
             return Ok(());
         };
         check_names(&self.limits, &req.type_url, &req.resource_names)?;
@@ -401,7 +399,7 @@ mod tests {
     use super::*;
     use crate::snapshot::{Protocol, Store, StoreConfig};
     use crate::translate::Resources;
-    use crate::xds::Config;
+    use crate::xds::{Config, type_url};
 
     fn snapshot(rev: &str) -> Arc<Snapshot> {
         let resources = Resources {
