@@ -1530,7 +1530,7 @@ fn tls_context(meta: Meta, spec: raw::TlsContextSpec, check: &mut Check<'_>) -> 
     let sni = spec.sni.as_ref().map(|s| {
         // RFC 6066 section 3: SNI holds a DNS host name, never an IP literal; an IP
         // service is checked against its IP SAN without any `sni`.
-        if !valid_dns_name(&s.value) {
+        if !valid_dns_name(&s.value) || s.value.parse::<IpAddr>().is_ok() {
             check.error(
                 s,
                 "sni",

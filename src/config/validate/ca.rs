@@ -92,3 +92,6 @@ fn read(dir: &Path) -> Result<String, String> {
     }
     Ok(pem)
 }
+
+#[cfg(test)]
+mod tests;
