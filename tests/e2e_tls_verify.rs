@@ -526,4 +526,36 @@ spec:
             );
         }
     }
+
+    // Both Hosts share the listener's routes: TLS under the optional Host's name without a
+    // certificate, then `Host: required.example.com`, must not reach the required Host's
+    // routes. Nor may a forged x-forwarded-client-cert stand in for a certificate.
+    let hits = backend.hits.load(Ordering::Relaxed);
+    let port = gateway.addr.port();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("--resolve")
+        .arg(format!("optional.example.com:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-H", "Host: required.example.com"])
+        .args(["-H", "X-Forwarded-Client-Cert: Hash=forged"])
+        .arg(format!("https://optional.example.com:{port}/who/"))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "another Host's SNI must not open the required Host's routes:\n{}",
+        show(&out)
+    );
+    assert_eq!(backend.hits.load(Ordering::Relaxed), hits);
 }

@@ -66,6 +66,15 @@ pub(super) fn host_tls<'a>(config: &'a Config, host: &'a Host) -> Option<HostTls
     (config.secrets.contains_key(secret) && ca_present).then_some(HostTls { secret, context })
 }
 
+/// Whether `host` terminates TLS with a TLSContext that requires client certificates
+/// (`cert_required`).
+pub(super) fn requires_client_certificate(config: &Config, host: &Host) -> bool {
+    host_tls(config, host)
+        .and_then(|t| t.context)
+        .and_then(|c| c.peer_validation.as_ref())
+        .is_some_and(|v| v.cert_required)
+}
+
 /// The TLSContext an upstream reference names. Validation resolved it to the context's
 /// own namespace, so this finds exactly that one.
 pub(super) fn upstream_context<'a>(config: &'a Config, r: &ContextRef) -> Option<&'a TlsContext> {

@@ -286,6 +286,82 @@ fn a_host_asks_for_client_certificates_and_requires_them_with_cert_required() {
     assert_eq!(names, ["ca/clients", "example-cert"]);
 }
 
+/// Every TLS Host of a listener shares its routes, so the check that a Host requires
+/// client certificates is on its routes too: each matches the header that the listener
+/// sets from a verified certificate (stripping clients' own), and a 403 catches the rest.
+#[test]
+fn routes_of_a_host_requiring_client_certificates_need_a_verified_one() {
+    use envoy_types::pb::envoy::config::route::v3::route;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::ForwardClientCertDetails;
+
+    let hosts = vec![
+        Host {
+            tls_context: Some("mtls".into()),
+            ..tls_host("partners", "partners.example.com", "example-cert")
+        },
+        tls_host("public", "public.example.com", "example-cert"),
+    ];
+    let mut config = with_ca(
+        with_secret(
+            config(vec![mapping("api", "/api/", "api")], hosts),
+            "example-cert",
+        ),
+        "clients",
+    );
+    config.tls_contexts = vec![TlsContext {
+        peer_validation: Some(PeerValidation {
+            ca_secret: "clients".into(),
+            cert_required: true,
+        }),
+        ..tls_context("mtls")
+    }];
+    let resources = run(&config);
+    for port in [8080, 8443] {
+        let listener = listener_named(&resources, &format!("listener_{port}"));
+        assert_eq!(
+            hcm(listener).forward_client_cert_details,
+            ForwardClientCertDetails::SanitizeSet as i32,
+            "{port}"
+        );
+        let rc = route_config(&resources, &format!("routes_{port}"));
+        let partners = vhost(rc, "default/partners");
+        assert_eq!(
+            route_names(partners),
+            ["default/api", "client-certificate-required"]
+        );
+        let xfcc = |r: &envoy_types::pb::envoy::config::route::v3::Route| {
+            r.r#match
+                .as_ref()
+                .and_then(|m| {
+                    m.headers
+                        .iter()
+                        .find(|h| h.name == "x-forwarded-client-cert")
+                })
+                .map(|h| h.invert_match)
+        };
+        assert_eq!(xfcc(&partners.routes[0]), Some(false));
+        assert_eq!(xfcc(&partners.routes[1]), Some(true));
+        let Some(route::Action::DirectResponse(direct)) = &partners.routes[1].action else {
+            panic!("not a direct response: {:?}", partners.routes[1]);
+        };
+        assert_eq!(direct.status, 403);
+        let public = vhost(rc, "default/public");
+        assert_eq!(route_names(public), ["default/api"]);
+        assert_eq!(xfcc(&public.routes[0]), None);
+    }
+
+    // Without cert_required nothing is added: clients without a certificate are served.
+    config.tls_contexts[0].peer_validation = Some(PeerValidation {
+        ca_secret: "clients".into(),
+        cert_required: false,
+    });
+    let resources = run(&config);
+    let listener = listener_named(&resources, "listener_8443");
+    assert_eq!(hcm(listener).forward_client_cert_details, 0);
+    let rc = route_config(&resources, "routes_8443");
+    assert_eq!(route_names(vhost(rc, "default/partners")), ["default/api"]);
+}
+
 /// A Host whose TLSContext's CA is not loaded is treated like one whose certificate is
 /// not: it terminates no TLS, rather than terminating it without the client check it was
 /// configured with. Validation reports it and leaves such a Host out; only without
