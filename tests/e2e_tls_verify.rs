@@ -559,3 +559,128 @@ spec:
     );
     assert_eq!(backend.hits.load(Ordering::Relaxed), hits);
 }
+
+// --- over ADS: a CA rotation is an SDS update -------------------------------------
+
+/// An `attache serve` child process on `--dir config --secrets-dir secrets`, killed on
+/// drop.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `attache serve` with its ADS on `xds`, and Envoy on `attache bootstrap`'s output.
+fn serve(
+    tmp: &Path,
+    config: &Path,
+    secrets: &Path,
+    xds: SocketAddr,
+) -> Option<(Serve, EnvoyProcess)> {
+    let envoy_bin = util::envoy_binary()?;
+    let admin_port = util::free_port();
+    let output = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["bootstrap", "--node-id", "edge-1", "--cluster", "edge"])
+        .args(["--xds-address", &xds.to_string()])
+        .args(["--admin-port", &admin_port.to_string()])
+        .output()
+        .expect("run attache bootstrap");
+    assert!(
+        output.status.success(),
+        "bootstrap failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bootstrap = tmp.join("envoy.yaml");
+    std::fs::write(&bootstrap, &output.stdout).expect("write bootstrap");
+    let child = Command::new(env!("CARGO_BIN_EXE_attache"))
+        .args(["serve", "--dir"])
+        .arg(config)
+        .arg("--secrets-dir")
+        .arg(secrets)
+        .arg("--state-dir")
+        .arg(tmp.join("state"))
+        .args(["--xds-addr", &xds.to_string()])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn attache serve");
+    let attache = Serve(child);
+    let envoy = EnvoyProcess::start(&envoy_bin, &bootstrap, admin_port);
+    Some((attache, envoy))
+}
+
+#[test]
+fn a_rotated_ca_reaches_envoy_over_sds_without_a_cluster_update() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(pki) = Pki::new(&tmp.path().join("pki")) else {
+        return;
+    };
+    pki.make("ca1", "ca", None, None);
+    pki.make("ca2", "ca", None, None);
+    pki.make(
+        "server",
+        "server",
+        Some("ca1"),
+        Some("DNS:localhost,IP:127.0.0.1"),
+    );
+    // The gateway starts out trusting the wrong CA.
+    let secrets = tmp.path().join("secrets");
+    pki.install("ca2", &secrets, "upstream-ca", "ca.crt");
+    let backend = TlsBackend::start("secure", &pki.crt("server"), &pki.key("server"));
+    let listener = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let yaml = util::listener_yaml(listener.port())
+        + &tls_context("verify", "  ca_secret: upstream-ca\n")
+        + &mapping(
+            "api",
+            &format!("localhost:{}", backend.addr.port()),
+            "verify",
+        );
+    std::fs::write(config.join("gateway.yaml"), &yaml).expect("write config");
+    let xds = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let Some((_attache, envoy)) = serve(tmp.path(), &config, &secrets, xds) else {
+        return;
+    };
+    let status = || {
+        util::http_get(listener, "gw.example.com", "/api/", &[])
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    assert!(
+        envoy.eventually(Duration::from_secs(20), || status() == 503),
+        "the route never came up refusing the upstream:\n{}",
+        envoy.log()
+    );
+    assert_eq!(backend.hits.load(Ordering::Relaxed), 0);
+    let clusters_changed = envoy.stat("cluster_manager.cluster_modified");
+    assert!(clusters_changed.is_some(), "no cluster_modified stat");
+    let sds_updates = |stat: &str| {
+        envoy
+            .stat(&format!("sds.ca/upstream-ca.{stat}"))
+            .unwrap_or(0)
+    };
+    let rotations = sds_updates("update_success");
+
+    // Rotate the CA file; the next revision (any change to the config) reads it again.
+    pki.install("ca1", &secrets, "upstream-ca", "ca.crt");
+    std::fs::write(config.join("gateway.yaml"), yaml + "# rotated\n").expect("touch config");
+    assert!(
+        envoy.eventually(Duration::from_secs(20), || status() == 200),
+        "the rotated CA never reached Envoy:\n{}",
+        envoy.log()
+    );
+    assert!(
+        sds_updates("update_success") > rotations,
+        "not an SDS update"
+    );
+    assert_eq!(
+        envoy.stat("cluster_manager.cluster_modified"),
+        clusters_changed,
+        "the cluster was rebuilt for a CA rotation"
+    );
+}
