@@ -318,10 +318,23 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
     // Emissary's layout (the CA in tls.crt) for one, cert-manager's (ca.crt) for the other.
     pki.install("ca1", &secrets, "ca1", "tls.crt");
     pki.install("ca2", &secrets, "ca2", "ca.crt");
+    pki.make(
+        "wildcard",
+        "server",
+        Some("ca1"),
+        Some("DNS:*.wild.example"),
+    );
     let backend = TlsBackend::start("secure", &pki.crt("server"), &pki.key("server"));
     let port = backend.addr.port();
+    let wild = TlsBackend::start("secure", &pki.crt("wildcard"), &pki.key("wildcard"));
 
     let mut config = String::new();
+    config += &tls_context(
+        "ca1-wild",
+        "  ca_secret: ca1
+  sni: API.wild.example
+",
+    );
     config += &tls_context("by-ca1", "  ca_secret: ca1\n");
     config += &tls_context("by-ca2", "  ca_secret: ca2\n");
     config += &tls_context("ca1-wrong-name", "  ca_secret: ca1\n  sni: other.example\n");
@@ -333,6 +346,8 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
         ("ip", format!("127.0.0.1:{port}"), "by-ca1"),
         // An IP service with `sni`: that name is sent and checked.
         ("named", format!("127.0.0.1:{port}"), "ca1-named"),
+        // A wildcard certificate covers the name, in any case.
+        ("wild", wild.addr.to_string(), "ca1-wild"),
         // Without a CA nothing is verified (unchanged behaviour).
         ("unverified", format!("localhost:{port}"), "true"),
         ("wrong-ca", format!("localhost:{port}"), "by-ca2"),
@@ -347,7 +362,7 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
         util::http_get(gateway.addr, "gw.example.com", path, &[])
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     };
-    for name in ["good", "ip", "named", "unverified"] {
+    for name in ["good", "ip", "named", "wild", "unverified"] {
         let path = format!("/{name}/");
         let resp = get(&path);
         assert_eq!(

@@ -5,15 +5,17 @@
 //! fetch it over SDS from the same ADS stream, so a certificate rotation updates one Secret
 //! resource instead of every listener that uses it (and Envoy need not drain connections).
 
+use std::net::IpAddr;
+
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, config_source, data_source,
 };
-use std::net::IpAddr;
-
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
     SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
-    common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    secret,
+    subject_alt_name_matcher::SanType,
     tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
@@ -160,23 +162,21 @@ fn validation_context(
         PeerName::Dns(host) => (SanType::Dns, host.clone()),
         PeerName::Ip(ip) => (SanType::IpAddress, ip.to_string()),
     };
-    ValidationContextType::CombinedValidationContext(
-        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::CombinedCertificateValidationContext {
-            default_validation_context: Some(CertificateValidationContext {
-                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                    san_type: san_type as i32,
-                    matcher: Some(StringMatcher {
-                        match_pattern: Some(string_matcher::MatchPattern::Exact(pattern)),
-                        ignore_case: san_type == SanType::Dns,
-                    }),
-                    ..Default::default()
-                }],
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(pattern)),
+                    ignore_case: san_type == SanType::Dns,
+                }),
                 ..Default::default()
-            }),
-            validation_context_sds_secret_config: Some(ca),
+            }],
             ..Default::default()
-        },
-    )
+        }),
+        validation_context_sds_secret_config: Some(ca),
+        ..Default::default()
+    })
 }
 
 fn common(

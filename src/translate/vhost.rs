@@ -12,7 +12,8 @@
 
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, RedirectAction, Route, RouteConfiguration, RouteMatch,
-    VirtualHost, redirect_action, route, route_match, virtual_host,
+    VirtualHost, header_matcher::HeaderMatchSpecifier, redirect_action, route, route_match,
+    virtual_host,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,9 +87,7 @@ fn host_extra(policy: Insecure, config: &Config, host: &Host) -> Option<Vec<Head
 fn client_certificate(absent: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: XFCC.to_owned(),
-        header_match_specifier: Some(
-            envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier::PresentMatch(true),
-        ),
+        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
         invert_match: absent,
         ..Default::default()
     }
