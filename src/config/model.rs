@@ -93,6 +93,9 @@ pub struct Config {
     /// Certificates referenced by Hosts and TLSContexts, read from `--secrets-dir`, keyed
     /// by secret name.
     pub secrets: BTreeMap<String, TlsSecret>,
+    /// CA bundles that TLSContexts' `ca_secret` names, read from `--secrets-dir`, keyed by
+    /// secret name.
+    pub ca_bundles: BTreeMap<String, CaBundle>,
     /// The AuthService, when there is one (at most one is valid).
     pub auth_service: Option<AuthService>,
     /// The RateLimitService, when there is one (at most one is valid).
@@ -127,6 +130,14 @@ impl fmt::Debug for TlsSecret {
             .field("private_key", &"<redacted>")
             .finish()
     }
+}
+
+/// A CA bundle read from `--secrets-dir/NAME/ca.crt` (else `tls.crt`): PEM, at least one
+/// certificate. Public material, so it prints whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub name: String,
+    pub pem: String,
 }
 
 /// A hostname to match: `*` (any), an exact name, or a `*.example.com` suffix wildcard.
@@ -296,6 +307,23 @@ impl Config {
             (None, _) => ContextLookup::Missing,
             (Some(only), None) => ContextLookup::Found(only),
             (Some(a), Some(b)) => ContextLookup::Ambiguous(a, b),
+        }
+    }
+
+    /// The TLSContext whose settings `host` terminates with: the one it names (resolved
+    /// by [`Config::tls_context`]), else the first whose `hosts` lists its hostname.
+    pub fn host_context(&self, host: &Host) -> Option<&TlsContext> {
+        match &host.tls_context {
+            Some(name) => match self.tls_context(name, &host.meta.namespace) {
+                ContextLookup::Found(c) => Some(c),
+                ContextLookup::Missing | ContextLookup::Ambiguous(..) => None,
+            },
+            None => {
+                let domain = host.hostname.as_domain();
+                self.tls_contexts
+                    .iter()
+                    .find(|c| c.hosts.iter().any(|h| h.eq_ignore_ascii_case(&domain)))
+            }
         }
     }
 }
@@ -485,4 +513,22 @@ pub struct TlsContext {
     pub max_tls_version: Option<TlsVersion>,
     pub alpn_protocols: Vec<String>,
     pub cipher_suites: Vec<String>,
+    /// `ca_secret` (and `cert_required`): peers' certificates are verified.
+    pub peer_validation: Option<PeerValidation>,
+    /// `sni`: sent upstream instead of the service host, and the name the upstream's
+    /// certificate must carry when `peer_validation` is set.
+    pub sni: Option<String>,
+}
+
+/// How a TLSContext verifies the other side's certificate. Only exists with a CA, so
+/// `cert_required` without `ca_secret` cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerValidation {
+    /// The secret (under `--secrets-dir`) whose CA bundle peers must chain to; a key of
+    /// [`Config::ca_bundles`] once validated.
+    pub ca_secret: String,
+    /// Downstream: a client without a certificate is refused at the handshake. Without
+    /// it, one is asked for and verified when sent, and a client without one is still
+    /// served (Emissary's behaviour). Upstream it means nothing: servers always present one.
+    pub cert_required: bool,
 }

@@ -358,6 +358,12 @@ pub struct TlsContextSpec {
     #[serde(default)]
     pub cipher_suites: Vec<At<String>>,
     pub secret_namespacing: Option<bool>,
+    /// The Secret whose `ca.crt` (else `tls.crt`) holds the CA that peers must chain to.
+    pub ca_secret: Option<At<String>>,
+    /// Downstream: refuse clients without a certificate (needs `ca_secret`).
+    pub cert_required: Option<At<bool>>,
+    /// Upstream: the SNI sent, and the name the server's certificate must carry.
+    pub sni: Option<At<String>>,
 }
 
 /// `"h2,http/1.1"` or `[h2, http/1.1]`.

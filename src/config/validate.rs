@@ -15,6 +15,7 @@ use super::model::*;
 use super::raw;
 use super::yaml::At;
 
+mod ca;
 mod policy;
 mod rate_limits;
 mod services;
@@ -1525,6 +1526,22 @@ fn tls_context(meta: Meta, spec: raw::TlsContextSpec, check: &mut Check<'_>) -> 
             );
         }
     }
+    let peer_validation = peer_validation(&spec, check);
+    let sni = spec.sni.as_ref().map(|s| {
+        // RFC 6066 section 3: SNI holds a DNS host name, never an IP literal; an IP
+        // service is checked against its IP SAN without any `sni`.
+        if !valid_dns_name(&s.value) || s.value.parse::<IpAddr>().is_ok() {
+            check.error(
+                s,
+                "sni",
+                format!(
+                    "{:?} is not a DNS host name (SNI cannot carry an IP address)",
+                    s.value
+                ),
+            );
+        }
+        s.value.to_ascii_lowercase()
+    });
     Some(TlsContext {
         meta,
         hosts,
@@ -1533,7 +1550,35 @@ fn tls_context(meta: Meta, spec: raw::TlsContextSpec, check: &mut Check<'_>) -> 
         max_tls_version: max,
         alpn_protocols: spec.alpn_protocols.map(|a| a.value.0).unwrap_or_default(),
         cipher_suites: spec.cipher_suites.into_iter().map(|c| c.value).collect(),
+        peer_validation,
+        sni,
     })
+}
+
+/// `ca_secret` and `cert_required`: a CA to verify peers against, and whether clients
+/// must present a certificate. Requiring one with nothing to verify it against would
+/// let any certificate through, so that is an error rather than a silent no-op.
+fn peer_validation(spec: &raw::TlsContextSpec, check: &mut Check<'_>) -> Option<PeerValidation> {
+    let cert_required = spec.cert_required.as_ref().is_some_and(|c| c.value);
+    match (&spec.ca_secret, &spec.cert_required) {
+        (Some(ca), _) => {
+            check_secret_name(&ca.value, ca, "ca_secret", check);
+            Some(PeerValidation {
+                ca_secret: ca.value.clone(),
+                cert_required,
+            })
+        }
+        (None, Some(required)) if required.value => {
+            check.error(
+                required,
+                "cert_required",
+                "needs `ca_secret`: client certificates cannot be required without a CA to \
+                 verify them against",
+            );
+            None
+        }
+        (None, _) => None,
+    }
 }
 
 // === Across resources ===
@@ -1737,7 +1782,7 @@ pub(super) fn same_match_key(a: &Mapping, b: &Mapping) -> bool {
 /// Mappings still reads them, as a whole load would.
 pub(super) fn secrets_unchanged(config: &Config, secrets_dir: Option<&Path>) -> bool {
     if secrets_dir.is_none() {
-        return config.secrets.is_empty();
+        return config.secrets.is_empty() && config.ca_bundles.is_empty();
     }
     let mut reread = Config {
         hosts: config.hosts.clone(),
@@ -1746,7 +1791,9 @@ pub(super) fn secrets_unchanged(config: &Config, secrets_dir: Option<&Path>) -> 
     };
     let mut diagnostics = Vec::new();
     load_secrets(&mut reread, secrets_dir, &mut diagnostics);
-    !diagnostics.iter().any(Diagnostic::is_error) && reread.secrets == config.secrets
+    !diagnostics.iter().any(Diagnostic::is_error)
+        && reread.secrets == config.secrets
+        && reread.ca_bundles == config.ca_bundles
 }
 
 /// A resource's identity among those of its kind: names are unique per namespace only, so
@@ -1809,6 +1856,7 @@ fn load_secrets(
             ));
         }
     }
+    ca::load(config, secrets_dir, diagnostics);
     let Some(dir) = secrets_dir else {
         for (secret, (origin, kind, name, field)) in wanted {
             diagnostics.push(diag_at(
@@ -1861,7 +1909,21 @@ fn load_secrets(
     config
         .hosts
         .retain(|h| h.tls_secret.as_ref().is_none_or(|s| present.contains(s)));
+    // A TLSContext is left out when its certificate or its CA is missing; whatever relied
+    // on it to verify peers goes too (see `tls_refs::leave_out_unverified`).
+    let left_out: BTreeSet<(String, String)> = config
+        .tls_contexts
+        .iter()
+        .filter(|t| {
+            t.secret.as_ref().is_some_and(|s| !present.contains(s))
+                || t.peer_validation
+                    .as_ref()
+                    .is_some_and(|v| !config.ca_bundles.contains_key(&v.ca_secret))
+        })
+        .map(|t| qualified(&t.meta))
+        .collect();
+    tls_refs::leave_out_unverified(config, &left_out, diagnostics);
     config
         .tls_contexts
-        .retain(|t| t.secret.as_ref().is_none_or(|s| present.contains(s)));
+        .retain(|t| !left_out.contains(&qualified(&t.meta)));
 }

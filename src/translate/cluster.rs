@@ -105,7 +105,7 @@ pub(super) fn cluster(
         metadata: provenance.map(|p| p.to_metadata()),
         ..Default::default()
     };
-    let sni = match (&target.service, resolution) {
+    let peer = match (&target.service, resolution) {
         (
             Service::Kubernetes {
                 name: service,
@@ -137,7 +137,7 @@ pub(super) fn cluster(
                     .collect(),
                 ..Default::default()
             });
-            Some(format!("{service}.{namespace}"))
+            tls::PeerName::Dns(format!("{service}.{namespace}"))
         }
         (
             Service::Kubernetes {
@@ -154,7 +154,7 @@ pub(super) fn cluster(
                 eds_config: Some(tls::ads()),
                 service_name: names::eds_service(&key),
             });
-            Some(format!("{service}.{namespace}"))
+            tls::PeerName::Dns(format!("{service}.{namespace}"))
         }
         (Service::Address { host, port }, _) => {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -175,7 +175,10 @@ pub(super) fn cluster(
                 }],
                 ..Default::default()
             });
-            ip.is_none().then(|| bare.to_owned())
+            match ip {
+                Some(ip) => tls::PeerName::Ip(ip),
+                None => tls::PeerName::Dns(bare.to_owned()),
+            }
         }
     };
     super::upstream::apply(&mut envoy, target, config.module.buffer_limit_bytes);
@@ -185,7 +188,7 @@ pub(super) fn cluster(
         UpstreamTls::Context(r) => Some(tls::upstream_context(config, r)),
     };
     if let Some(context) = context {
-        let upstream = tls::upstream(sni.as_deref(), context, config, target.http2);
+        let upstream = tls::upstream(&peer, context, config, target.http2);
         envoy.transport_socket = Some(TransportSocket {
             name: "envoy.transport_sockets.tls".to_owned(),
             config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(

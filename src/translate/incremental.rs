@@ -778,6 +778,7 @@ fn without_mappings(config: &Config) -> Config {
         listeners,
         tls_contexts,
         secrets,
+        ca_bundles,
         auth_service,
         rate_limit_service,
         tracing_service,
@@ -791,6 +792,7 @@ fn without_mappings(config: &Config) -> Config {
         listeners: listeners.clone(),
         tls_contexts: tls_contexts.clone(),
         secrets: secrets.clone(),
+        ca_bundles: ca_bundles.clone(),
         auth_service: auth_service.clone(),
         rate_limit_service: rate_limit_service.clone(),
         tracing_service: tracing_service.clone(),
@@ -806,6 +808,7 @@ fn same_except_mappings(a: &Config, b: &Config) -> bool {
         && a.listeners == b.listeners
         && a.tls_contexts == b.tls_contexts
         && a.secrets == b.secrets
+        && a.ca_bundles == b.ca_bundles
         && a.auth_service == b.auth_service
         && a.rate_limit_service == b.rate_limit_service
         && a.tracing_service == b.tracing_service

@@ -141,6 +141,16 @@ pub(super) fn listener(
 ) -> Listener {
     let mut manager = http_connection_manager(plan.port);
     super::filters::apply(&mut manager, config, clusters);
+    // Routes of Hosts that require client certificates match on the header this sets from
+    // a verified certificate (and strips from clients); see `vhost::host_extra`.
+    if plan
+        .hosts
+        .iter()
+        .any(|h| tls::requires_client_certificate(config, h))
+    {
+        manager.forward_client_cert_details =
+            http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+    }
     let hcm = Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),

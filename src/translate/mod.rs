@@ -105,27 +105,42 @@ pub fn translate(config: &Config, endpoints: &Endpoints) -> Resources {
 }
 
 /// The SDS secrets: the certificates of the Hosts that TLS listeners terminate, and the
-/// client certificates of the TLSContexts upstream clusters use. By name.
+/// client certificates of the TLSContexts upstream clusters use; the CA bundles those
+/// TLSContexts verify peers against. Each only when something uses it. By name.
 fn secrets(
     config: &Config,
     plans: &[listener::ListenerPlan<'_>],
     cluster_names: &BTreeMap<Target, String>,
 ) -> Vec<Secret> {
     let mut secrets = BTreeSet::new();
+    let mut cas = BTreeSet::new();
+    let mut ca_of = |context: Option<&crate::config::TlsContext>| {
+        if let Some(v) = context.and_then(|c| c.peer_validation.as_ref()) {
+            cas.insert(v.ca_secret.clone());
+        }
+    };
     for plan in plans.iter().filter(|p| p.terminates_tls()) {
-        secrets.extend(plan.tls_hosts(config).iter().map(|(_, t)| t.secret));
+        for (_, host) in plan.tls_hosts(config) {
+            secrets.insert(host.secret);
+            ca_of(host.context);
+        }
     }
     for target in cluster_names.keys() {
-        if let UpstreamTls::Context(r) = &target.tls
-            && let Some(secret) = tls::upstream_context(config, r).and_then(|c| c.secret.as_deref())
-        {
-            secrets.insert(secret);
+        if let UpstreamTls::Context(r) = &target.tls {
+            let context = tls::upstream_context(config, r);
+            secrets.extend(context.and_then(|c| c.secret.as_deref()));
+            ca_of(context);
         }
     }
     secrets
         .into_iter()
         .filter_map(|name| config.secrets.get(name))
         .map(tls::secret)
+        .chain(
+            cas.iter()
+                .filter_map(|name| config.ca_bundles.get(name))
+                .map(tls::ca_secret),
+        )
         .collect()
 }
 

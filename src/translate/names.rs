@@ -42,6 +42,14 @@ pub fn stat_prefix(port: u16) -> String {
     format!("ingress_{port}")
 }
 
+/// The SDS name of the CA bundle of secret `name` (a TLSContext's `ca_secret`):
+/// `ca/NAME`. Apart from certificate Secrets, which are named by the secret alone: one
+/// Kubernetes Secret (cert-manager's) may hold both a certificate and a CA, and Secret
+/// names cannot hold a `/`, so the two never collide.
+pub fn ca_secret(name: &str) -> String {
+    format!("ca/{name}")
+}
+
 /// The name of a Host's virtual host or filter chain: `namespace/name`.
 pub fn qualified(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")

@@ -150,6 +150,8 @@ pub fn tls_context(name: &str) -> TlsContext {
         max_tls_version: None,
         alpn_protocols: Vec::new(),
         cipher_suites: Vec::new(),
+        peer_validation: None,
+        sni: None,
     }
 }
 
@@ -184,6 +186,18 @@ pub fn with_secret(mut config: Config, name: &str) -> Config {
             name: name.to_owned(),
             certificate_chain: CERT.to_owned(),
             private_key: KEY.to_owned(),
+        },
+    );
+    config
+}
+
+/// Adds CA bundle `name` holding the test certificate (self-signed, so its own CA).
+pub fn with_ca(mut config: Config, name: &str) -> Config {
+    config.ca_bundles.insert(
+        name.to_owned(),
+        CaBundle {
+            name: name.to_owned(),
+            pem: CERT.to_owned(),
         },
     );
     config

@@ -12,7 +12,8 @@
 
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, RedirectAction, Route, RouteConfiguration, RouteMatch,
-    VirtualHost, redirect_action, route, route_match, virtual_host,
+    VirtualHost, header_matcher::HeaderMatchSpecifier, redirect_action, route, route_match,
+    virtual_host,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +61,40 @@ fn host_policy(plan: &ListenerPlan<'_>, config: &Config, host: &Host) -> Insecur
     let terminates_tls = tls::host_tls(config, host).is_some();
     insecure(plan.security_model, terminates_tls, host.insecure_action)
 }
+
+/// The matchers that every route of `host`'s virtual host carries besides its own.
+///
+/// A Host that requires client certificates needs one on every request it serves, not
+/// only on the connections of its own filter chain: every TLS Host of a listener (and its
+/// cleartext side) shares one RouteConfiguration, so a client could do TLS under another
+/// Host's name (SNI) and send this Host's name in `Host:`. The listener then sets
+/// `x-forwarded-client-cert` from a verified client certificate and strips any a client
+/// sent (`SANITIZE_SET`, see `listener`), so its presence means that this connection
+/// presented a certificate that a CA of that listener verified.
+fn host_extra(policy: Insecure, config: &Config, host: &Host) -> Option<Vec<HeaderMatcher>> {
+    let mut extra = match policy {
+        Insecure::Serve | Insecure::RequireTls => Vec::new(),
+        Insecure::RejectUnlessXfpHttps => vec![xfp_https()],
+        Insecure::RedirectAll | Insecure::RejectAll => return None,
+    };
+    if tls::requires_client_certificate(config, host) {
+        extra.push(client_certificate(false));
+    }
+    Some(extra)
+}
+
+/// `x-forwarded-client-cert` present, or (`absent`) not.
+fn client_certificate(absent: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: XFCC.to_owned(),
+        header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+        invert_match: absent,
+        ..Default::default()
+    }
+}
+
+/// The header Envoy sets from a verified client certificate.
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// Whether a virtual host with this policy carries the Mappings' routes.
 fn serves_routes(policy: Insecure) -> bool {
@@ -189,7 +224,8 @@ pub(super) fn route_configuration_layout(
         vec![catch_all(groups)]
     } else {
         crate::parallel::map_uneven(&plan.hosts, |host| {
-            virtual_host(host, host_policy(plan, config, host), groups)
+            let policy = host_policy(plan, config, host);
+            virtual_host(host, policy, host_extra(policy, config, host), groups)
         })
     };
     let shell = RouteConfiguration {
@@ -272,11 +308,7 @@ pub(super) fn attachments(plan: &ListenerPlan<'_>, config: &Config) -> Vec<Optio
     plan.hosts
         .iter()
         .map(|host| {
-            let extra = match host_policy(plan, config, host) {
-                Insecure::Serve | Insecure::RequireTls => Vec::new(),
-                Insecure::RejectUnlessXfpHttps => vec![xfp_https()],
-                Insecure::RedirectAll | Insecure::RejectAll => return None,
-            };
+            let extra = host_extra(host_policy(plan, config, host), config, host)?;
             Some(Attachment {
                 pattern: host.hostname.clone(),
                 extra,
@@ -292,16 +324,26 @@ fn xfp_https() -> HeaderMatcher {
     })
 }
 
-fn virtual_host(host: &Host, policy: Insecure, groups: &[Group<'_>]) -> VirtualHostLayout {
-    let routes = match policy {
-        Insecure::Serve | Insecure::RequireTls => ordered_routes(groups, &host.hostname, &[]),
-        Insecure::RejectUnlessXfpHttps => {
-            let mut routes = ordered_routes(groups, &host.hostname, &[xfp_https()]);
-            routes.push(RouteSlot::Fixed(Box::new(reject_route())));
+fn virtual_host(
+    host: &Host,
+    policy: Insecure,
+    extra: Option<Vec<HeaderMatcher>>,
+    groups: &[Group<'_>],
+) -> VirtualHostLayout {
+    let routes = match (policy, extra) {
+        (Insecure::RejectAll, _) => vec![RouteSlot::Fixed(Box::new(reject_route()))],
+        (Insecure::RedirectAll, _) => vec![RouteSlot::Fixed(Box::new(https_redirect_route()))],
+        (_, None) => Vec::new(),
+        (_, Some(extra)) => {
+            let mut routes = ordered_routes(groups, &host.hostname, &extra);
+            if extra.iter().any(|m| m.name == XFCC) {
+                routes.push(RouteSlot::Fixed(Box::new(certificate_required_route())));
+            }
+            if policy == Insecure::RejectUnlessXfpHttps {
+                routes.push(RouteSlot::Fixed(Box::new(reject_route())));
+            }
             routes
         }
-        Insecure::RejectAll => vec![RouteSlot::Fixed(Box::new(reject_route()))],
-        Insecure::RedirectAll => vec![RouteSlot::Fixed(Box::new(https_redirect_route()))],
     };
     VirtualHostLayout {
         shell: VirtualHost {
@@ -446,6 +488,22 @@ fn reject_route() -> Route {
         r#match: Some(catch_all_match()),
         action: Some(route::Action::DirectResponse(DirectResponseAction {
             status: 404,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// 403 for a request without a verified client certificate, to a Host that requires one
+/// (see [`host_extra`]).
+fn certificate_required_route() -> Route {
+    let mut matcher = catch_all_match();
+    matcher.headers.push(client_certificate(true));
+    Route {
+        name: "client-certificate-required".to_owned(),
+        r#match: Some(matcher),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 403,
             ..Default::default()
         })),
         ..Default::default()

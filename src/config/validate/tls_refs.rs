@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use super::{Diagnostic, diag_at, qualified};
 use crate::config::diag::Severity;
 use crate::config::model::{
-    Action, Config, ContextLookup, ContextRef, Mapping, Meta, Target, UpstreamTls,
+    Action, Config, ContextLookup, ContextRef, Mapping, Meta, Target, TlsContext, UpstreamTls,
 };
 
 /// Resolves every TLSContext reference of `config`, leaving out the resources whose
@@ -140,5 +140,91 @@ pub(in crate::config) fn resolve_mapping(config: &Config, m: &mut Mapping) -> bo
             true
         }
         Err(_) => false,
+    }
+}
+
+/// Leaves out what relies on a TLSContext that verifies peers (`ca_secret`) when that
+/// TLSContext is itself left out (`left_out`, by namespace and name: its CA or its
+/// certificate could not be read). Without it a Host would terminate TLS without asking
+/// for client certificates, and an upstream cluster would connect without checking the
+/// server's: both would silently open what the TLSContext was written to guard, so each
+/// is an error and left out (an AuthService or RateLimitService so left out rejects the
+/// revision, as any error in one does).
+///
+/// Runs while `config.tls_contexts` still holds the left-out ones, so references resolve
+/// exactly as they did before.
+pub(super) fn leave_out_unverified(
+    config: &mut Config,
+    left_out: &BTreeSet<(String, String)>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let guarded =
+        |c: &TlsContext| c.peer_validation.is_some() && left_out.contains(&qualified(&c.meta));
+    let why = |c: &TlsContext, what: &str| {
+        format!(
+            "TLSContext {:?} (at {}) verifies {what} certificates but is left out (see its \
+             error); left out too rather than served unverified",
+            c.meta.name, c.meta.origin
+        )
+    };
+    let mut bad_hosts = BTreeSet::new();
+    for h in &config.hosts {
+        if let Some(c) = config.host_context(h).filter(|c| guarded(c)) {
+            let field = if h.tls_context.is_some() {
+                "tlsContext.name"
+            } else {
+                "hostname"
+            };
+            diagnostics.push(error(&h.meta, field, why(c, "client")));
+            bad_hosts.insert(qualified(&h.meta));
+        }
+    }
+    if !bad_hosts.is_empty() {
+        config
+            .hosts
+            .retain(|h| !bad_hosts.contains(&qualified(&h.meta)));
+    }
+
+    let unverified = |target: &Target| match &target.tls {
+        UpstreamTls::Context(r) => config
+            .tls_contexts
+            .iter()
+            .find(|c| c.meta.namespace == r.namespace && c.meta.name == r.name)
+            .filter(|c| guarded(c))
+            .map(|c| why(c, "server")),
+        UpstreamTls::Plain | UpstreamTls::Tls => None,
+    };
+    let mappings: Vec<Option<String>> = config
+        .mappings
+        .iter()
+        .map(|m| match &m.action {
+            Action::Route(r) => unverified(&r.target),
+            Action::Redirect(_) => None,
+        })
+        .collect();
+    let auth = config
+        .auth_service
+        .as_ref()
+        .and_then(|a| unverified(&a.target));
+    let rls = config
+        .rate_limit_service
+        .as_ref()
+        .and_then(|r| unverified(&r.target));
+
+    let mut reasons = mappings.into_iter();
+    config.mappings.retain(|m| match reasons.next().flatten() {
+        Some(why) => {
+            diagnostics.push(error(&m.meta, "tls", why));
+            false
+        }
+        None => true,
+    });
+    if let (Some(why), Some(a)) = (auth, &config.auth_service) {
+        diagnostics.push(error(&a.meta, "spec.tls", why));
+        config.auth_service = None;
+    }
+    if let (Some(why), Some(r)) = (rls, &config.rate_limit_service) {
+        diagnostics.push(error(&r.meta, "spec.tls", why));
+        config.rate_limit_service = None;
     }
 }

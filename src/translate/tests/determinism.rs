@@ -65,7 +65,7 @@ spec:
 "#;
 
 fn load(files: &[(&str, String)]) -> Config {
-    let dir = secrets_dir(&["example-cert"]);
+    let dir = secrets_dir(super::FIXTURE_SECRETS);
     let options = Options {
         secrets_dir: Some(dir.path().to_path_buf()),
         ..Options::default()
@@ -124,6 +124,34 @@ fn file_and_document_order_does_not_change_the_encoding() {
         encoded(&strip_provenance(backward))
     );
     assert!(!forward.clusters.is_empty() && !forward.secrets.is_empty());
+}
+
+/// CA Secrets and validation contexts, whatever the order of files and documents, and
+/// however many times: the `tls-verify` fixture forwards, backwards and again.
+#[test]
+fn peer_verification_translates_to_byte_identical_encodings() {
+    let dir = super::crate_root().join("tests/fixtures/translate/tls-verify");
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read fixture");
+    let (hosts, mappings) = (read("hosts.yaml"), read("mappings.yaml"));
+    let forward = || {
+        run(&load(&[
+            ("hosts.yaml", hosts.clone()),
+            ("mappings.yaml", mappings.clone()),
+        ]))
+    };
+    let first = forward();
+    assert!(first.secrets.iter().any(|s| s.name.starts_with("ca/")));
+    for _ in 0..5 {
+        assert_eq!(encoded(&forward()), encoded(&first));
+    }
+    let backward = run(&load(&[
+        ("mappings.yaml", reversed_documents(&mappings)),
+        ("hosts.yaml", reversed_documents(&hosts)),
+    ]));
+    assert_eq!(
+        encoded(&strip_provenance(first)),
+        encoded(&strip_provenance(backward))
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod hosts;
 mod listeners;
 mod policies;
 mod routes;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
