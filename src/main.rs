@@ -73,8 +73,9 @@ Exit status: 0 when the revision would be served (warnings allowed), 1 when it h
 DIR cannot be read or the arguments are wrong.
 
 Certificates are not in the config repo: a Host's tlsSecret NAME is read from
-SECRETS_DIR/NAME/{tls.crt,tls.key}. Without --secrets-dir they are not checked (a warning
-each), which suits pull-request CI.
+SECRETS_DIR/NAME/{tls.crt,tls.key}, a TLSContext's ca_secret NAME from SECRETS_DIR/NAME/ca.crt
+(else tls.crt). Without --secrets-dir they are not checked (a warning each), which suits
+pull-request CI.
 
 Examples:
 
@@ -317,7 +318,8 @@ struct ServeArgs {
     /// How long canaries must hold a new snapshot without a NACK before all nodes get it.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     canary_bake: std::time::Duration,
-    /// Where TLS secrets are: NAME/tls.crt and NAME/tls.key for each secret NAME.
+    /// Where TLS secrets are: NAME/tls.crt and NAME/tls.key for each secret NAME, and
+    /// NAME/ca.crt for a CA (`ca_secret`).
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
     /// Leave out invalid resources instead of rejecting the whole revision.
@@ -431,7 +433,8 @@ struct LoadArgs {
     /// The config directory (a checkout of the gateway repo, or a mounted ConfigMap).
     #[arg(value_name = "DIR")]
     dir: PathBuf,
-    /// Where TLS secrets are: NAME/tls.crt and NAME/tls.key for each secret NAME.
+    /// Where TLS secrets are: NAME/tls.crt and NAME/tls.key for each secret NAME, and
+    /// NAME/ca.crt for a CA (`ca_secret`).
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
     /// Leave out invalid resources instead of rejecting the whole revision.
