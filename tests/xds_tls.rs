@@ -8,11 +8,12 @@
 //!
 //! Certificates are made at test time with the `openssl` CLI (installed by .ci/run);
 //! without it, or without Envoy, these tests skip, and fail under `CI`.
+mod pki;
 mod util;
 mod xds_util;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
+use pki::Pki;
 use prost::Message;
 use util::{Backend, EnvoyProcess};
 use xds_util::{Server, WAIT, expect_route, gateway, snapshot};
@@ -38,98 +40,15 @@ const SERVER_NAME: &str = "attache-xds";
 
 // --- certificates -----------------------------------------------------------------
 
-/// The `openssl` CLI, or `None` (skip) outside CI.
-fn openssl_available() -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no openssl CLI (apt-get install openssl)"
-        );
-        eprintln!("skipping: no openssl CLI");
-    }
-    found
-}
+/// attache's certificate names: what Envoy checks (`SERVER_NAME`) and the address.
+const SERVER_SANS: &str = "DNS:attache-xds,IP:127.0.0.1";
 
-const OPENSSL_CNF: &str = "\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:attache-xds,IP:127.0.0.1
-[client]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-";
-
-/// Test certificates in one directory: `NAME.crt` and `NAME.key` (EC P-256, one day).
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        std::fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).expect("write openssl.cnf");
-        Pki {
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn crt(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.crt"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.key"))
-    }
-
-    /// Makes `name`: a CA when `issuer` is `None`, else a `kind` (`server` or `client`)
-    /// certificate signed by the CA `issuer`.
-    fn make(&self, name: &str, kind: &str, issuer: Option<&str>) {
-        let mut cmd = Command::new("openssl");
-        cmd.args(["req", "-x509", "-config"])
-            .arg(self.dir.join("openssl.cnf"))
-            .args(["-extensions", kind])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .args(["-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
-            .arg("-keyout")
-            .arg(self.key(name))
-            .arg("-out")
-            .arg(self.crt(name));
-        if let Some(ca) = issuer {
-            cmd.arg("-CA")
-                .arg(self.crt(ca))
-                .arg("-CAkey")
-                .arg(self.key(ca));
-        }
-        let output = cmd.output().expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl req for {name} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// The server's files, trusting client certificates of `client_ca`.
-    fn server_files(&self, server: &str, client_ca: &str) -> TlsFiles {
-        TlsFiles {
-            cert: self.crt(server),
-            key: self.key(server),
-            client_ca: self.crt(client_ca),
-        }
+/// attache's files: the certificate `server`, trusting client certificates of `client_ca`.
+fn server_files(pki: &Pki, server: &str, client_ca: &str) -> TlsFiles {
+    TlsFiles {
+        cert: pki.crt(server),
+        key: pki.key(server),
+        client_ca: pki.crt(client_ca),
     }
 }
 
@@ -293,18 +212,17 @@ async fn only_envoys_with_a_client_certificate_from_the_ca_get_configuration() {
     let Some(envoy_bin) = util::envoy_binary() else {
         return;
     };
-    if !openssl_available() {
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki = Pki::new(dir.path());
-    pki.make("ca", "ca", None);
-    pki.make("server", "server", Some("ca"));
-    pki.make("edge", "client", Some("ca"));
-    pki.make("rogue-ca", "ca", None);
-    pki.make("rogue", "client", Some("rogue-ca"));
+    let Some(pki) = Pki::new(dir.path()) else {
+        return;
+    };
+    pki.make("ca", "ca", None, None);
+    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
+    pki.make("edge", "client", Some("ca"), None);
+    pki.make("rogue-ca", "ca", None, None);
+    pki.make("rogue", "client", Some("rogue-ca"), None);
 
-    let (server, metrics) = tls_server(pki.server_files("server", "ca")).await;
+    let (server, metrics) = tls_server(server_files(&pki, "server", "ca")).await;
     let (alpha, beta) = (Backend::start("alpha"), Backend::start("beta"));
     let port = util::free_port();
     server
@@ -448,16 +366,15 @@ async fn a_rotated_server_certificate_serves_new_connections_without_a_restart()
     let Some(envoy_bin) = util::envoy_binary() else {
         return;
     };
-    if !openssl_available() {
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki = Pki::new(dir.path());
-    pki.make("ca", "ca", None);
-    pki.make("ca2", "ca", None);
-    pki.make("server", "server", Some("ca"));
-    pki.make("server2", "server", Some("ca2"));
-    pki.make("edge", "client", Some("ca"));
+    let Some(pki) = Pki::new(dir.path()) else {
+        return;
+    };
+    pki.make("ca", "ca", None, None);
+    pki.make("ca2", "ca", None, None);
+    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
+    pki.make("server2", "server", Some("ca2"), Some(SERVER_SANS));
+    pki.make("edge", "client", Some("ca"), None);
     // attache reads its files from a directory of its own, rotated in place.
     let live = dir.path().join("live");
     std::fs::create_dir(&live).expect("mkdir");
@@ -536,16 +453,15 @@ async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
     let Some(envoy_bin) = util::envoy_binary() else {
         return;
     };
-    if !openssl_available() {
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki = Pki::new(dir.path());
-    pki.make("ca", "ca", None);
-    pki.make("server", "server", Some("ca"));
-    pki.make("edge", "client", Some("ca"));
-    pki.make("old-ca", "ca", None);
-    pki.make("stale", "client", Some("old-ca"));
+    let Some(pki) = Pki::new(dir.path()) else {
+        return;
+    };
+    pki.make("ca", "ca", None, None);
+    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
+    pki.make("edge", "client", Some("ca"), None);
+    pki.make("old-ca", "ca", None, None);
+    pki.make("stale", "client", Some("old-ca"), None);
 
     // Envoy's Secret volume: tls.crt, tls.key and ca.crt are symlinks through `..data`.
     let volume = dir.path().join("envoy-tls");
@@ -568,7 +484,7 @@ async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
     };
     publish_volume("v1", "stale");
 
-    let (server, metrics) = tls_server(pki.server_files("server", "ca")).await;
+    let (server, metrics) = tls_server(server_files(&pki, "server", "ca")).await;
     let alpha = Backend::start("alpha");
     let port = util::free_port();
     server
@@ -650,14 +566,13 @@ async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_over_tls_takes_a_client_certificate_and_counts_a_plaintext_client() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if !openssl_available() {
-        return;
-    }
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki = Pki::new(dir.path());
-    pki.make("ca", "ca", None);
-    pki.make("server", "server", Some("ca"));
-    pki.make("edge", "client", Some("ca"));
+    let Some(pki) = Pki::new(dir.path()) else {
+        return;
+    };
+    pki.make("ca", "ca", None, None);
+    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
+    pki.make("edge", "client", Some("ca"), None);
     let config = dir.path().join("config");
     std::fs::create_dir(&config).expect("mkdir");
     std::fs::write(
