@@ -21,8 +21,7 @@ use std::time::Duration;
 use pki::Pki;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::Value;
-use util::{Backend, EnvoyProcess};
+use util::{Backend, EnvoyProcess, RenderedGateway};
 
 // --- an HTTPS backend -------------------------------------------------------------
 
@@ -113,66 +112,6 @@ fn serve_tls(
 
 // --- the gateway ------------------------------------------------------------------
 
-struct Gateway {
-    addr: SocketAddr,
-    envoy: EnvoyProcess,
-}
-
-/// Renders `config` plus a Listener on a free port (`protocol`) with `--secrets-dir
-/// secrets`, and starts Envoy on it.
-fn start(dir: &Path, protocol: &str, config: &str, secrets: &Path) -> Option<Gateway> {
-    let envoy_bin = util::envoy_binary()?;
-    let (port, admin_port) = (util::free_port(), util::free_port());
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo).expect("repo dir");
-    std::fs::write(
-        repo.join("listener.yaml"),
-        format!(
-            "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: edge
-spec:
-  port: {port}
-  protocol: {protocol}
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
-"
-        ),
-    )
-    .expect("write listener");
-    std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
-    let output = Command::new(env!("CARGO_BIN_EXE_attache"))
-        .args(["render", "--bootstrap", "--format", "json", "--admin-port"])
-        .arg(admin_port.to_string())
-        .arg("--secrets-dir")
-        .arg(secrets)
-        .arg(&repo)
-        .output()
-        .expect("run attache render");
-    assert!(
-        output.status.success(),
-        "attache render failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut bootstrap: Value = serde_json::from_slice(&output.stdout).expect("JSON bootstrap");
-    for listener in bootstrap["static_resources"]["listeners"]
-        .as_array_mut()
-        .expect("listeners")
-    {
-        listener["address"]["socket_address"]["address"] = Value::from("127.0.0.1");
-    }
-    let path = dir.join("envoy.json");
-    std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
-    let envoy = EnvoyProcess::start(&envoy_bin, &path, admin_port);
-    Some(Gateway {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        envoy,
-    })
-}
-
 fn mapping(name: &str, service: &str, tls: &str) -> String {
     format!(
         "---
@@ -255,7 +194,7 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
     ] {
         config += &mapping(name, &service, tls);
     }
-    let Some(gateway) = start(tmp.path(), "HTTP", &config, &secrets) else {
+    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTP", &config, &secrets) else {
         return;
     };
     let get = |path: &str| {
@@ -308,7 +247,7 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
 
 /// `curl` over HTTPS to `name` at the gateway, trusting `ca`, presenting `client` (a
 /// name in `pki`) when given.
-fn curl(gateway: &Gateway, name: &str, ca: &Path, client: Option<(&Pki, &str)>) -> Output {
+fn curl(gateway: &RenderedGateway, name: &str, ca: &Path, client: Option<(&Pki, &str)>) -> Output {
     let port = gateway.addr.port();
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "5", "--resolve"])
@@ -399,7 +338,7 @@ spec:
 ",
         backend.addr
     );
-    let Some(gateway) = start(tmp.path(), "HTTPS", &config, &secrets) else {
+    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTPS", &config, &secrets) else {
         return;
     };
     let ca = pki.crt("ca1");

@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use util::{Backend, EnvoyProcess};
+use util::{Backend, EnvoyProcess, RenderedGateway};
 
 struct Gateway {
     addr: SocketAddr,
@@ -20,63 +19,16 @@ struct Gateway {
 }
 
 /// Renders `config` plus a Listener on a free port (`protocol`) and starts Envoy on it.
-/// `secrets` are written as `NAME/{tls.crt,tls.key}` under a secrets dir.
+/// `prepare` writes secrets as `NAME/{tls.crt,tls.key}` into the directory it is given,
+/// the one `--secrets-dir` names.
 fn start(protocol: &str, config: &str, prepare: impl FnOnce(&Path)) -> Option<Gateway> {
-    let envoy_bin = util::envoy_binary()?;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, admin_port) = (util::free_port(), util::free_port());
-    let repo = dir.path().join("repo");
     let secrets = dir.path().join("secrets");
-    std::fs::create_dir_all(&repo).expect("repo dir");
     std::fs::create_dir_all(&secrets).expect("secrets dir");
     prepare(dir.path());
-    std::fs::write(
-        repo.join("listener.yaml"),
-        format!(
-            "apiVersion: getambassador.io/v3alpha1
-kind: Listener
-metadata:
-  name: edge
-spec:
-  port: {port}
-  protocol: {protocol}
-  securityModel: XFP
-  hostBinding:
-    namespace:
-      from: ALL
-"
-        ),
-    )
-    .expect("write listener");
-    std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
-    let output = Command::new(env!("CARGO_BIN_EXE_attache"))
-        .args(["render", "--bootstrap", "--format", "json", "--admin-port"])
-        .arg(admin_port.to_string())
-        .arg("--secrets-dir")
-        .arg(&secrets)
-        .arg(&repo)
-        .output()
-        .expect("run attache render");
-    assert!(
-        output.status.success(),
-        "attache render failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut bootstrap: Value = serde_json::from_slice(&output.stdout).expect("JSON bootstrap");
-    for listener in bootstrap["static_resources"]["listeners"]
-        .as_array_mut()
-        .expect("listeners")
-    {
-        listener["address"]["socket_address"]["address"] = Value::from("127.0.0.1");
-    }
-    let path = dir.path().join("envoy.json");
-    std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
-    let envoy = EnvoyProcess::start(&envoy_bin, &path, admin_port);
-    Some(Gateway {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        envoy,
-        dir,
-    })
+    let RenderedGateway { addr, envoy } =
+        RenderedGateway::start(dir.path(), protocol, config, &secrets)?;
+    Some(Gateway { addr, envoy, dir })
 }
 
 /// A tool the test needs; under CI its absence is a failure, elsewhere a skip.

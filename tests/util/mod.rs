@@ -465,6 +465,11 @@ fn serve_connection(mut stream: TcpStream, name: &str, hits: &std::sync::atomic:
 /// One HTTP Listener `http` on `listener_port` that binds every namespace's Hosts: the
 /// listener every end-to-end gateway starts from. 11 lines.
 pub fn listener_yaml(listener_port: u16) -> String {
+    listener_yaml_for(listener_port, "HTTP")
+}
+
+/// [`listener_yaml`] with another `protocol` (`HTTPS` for TLS Hosts).
+pub fn listener_yaml_for(listener_port: u16, protocol: &str) -> String {
     format!(
         "apiVersion: getambassador.io/v3alpha1
 kind: Listener
@@ -472,13 +477,72 @@ metadata:
   name: http
 spec:
   port: {listener_port}
-  protocol: HTTP
+  protocol: {protocol}
   securityModel: XFP
   hostBinding:
     namespace:
       from: ALL
 "
     )
+}
+
+/// Envoy on the static bootstrap `attache render --bootstrap` makes of a repository.
+pub struct RenderedGateway {
+    /// The Listener's address.
+    pub addr: SocketAddr,
+    pub envoy: EnvoyProcess,
+}
+
+impl RenderedGateway {
+    /// Writes `config` and one Listener ([`listener_yaml_for`] `protocol`) on a free port
+    /// into `dir/repo`, renders it with `--secrets-dir secrets`, binds the listeners to
+    /// 127.0.0.1 and starts Envoy on the bootstrap (`dir/envoy.json`). `None` (a skip)
+    /// without an Envoy binary.
+    pub fn start(
+        dir: &Path,
+        protocol: &str,
+        config: &str,
+        secrets: &Path,
+    ) -> Option<RenderedGateway> {
+        let envoy_bin = envoy_binary()?;
+        let (port, admin_port) = (free_port(), free_port());
+        let repo = dir.join("repo");
+        std::fs::create_dir_all(&repo).expect("repo dir");
+        std::fs::write(
+            repo.join("listener.yaml"),
+            listener_yaml_for(port, protocol),
+        )
+        .expect("write listener");
+        std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
+        let output = Command::new(env!("CARGO_BIN_EXE_attache"))
+            .args(["render", "--bootstrap", "--format", "json", "--admin-port"])
+            .arg(admin_port.to_string())
+            .arg("--secrets-dir")
+            .arg(secrets)
+            .arg(&repo)
+            .output()
+            .expect("run attache render");
+        assert!(
+            output.status.success(),
+            "attache render failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut bootstrap: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("JSON bootstrap");
+        for listener in bootstrap["static_resources"]["listeners"]
+            .as_array_mut()
+            .expect("listeners")
+        {
+            listener["address"]["socket_address"]["address"] = serde_json::Value::from("127.0.0.1");
+        }
+        let path = dir.join("envoy.json");
+        std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
+        let envoy = EnvoyProcess::start(&envoy_bin, &path, admin_port);
+        Some(RenderedGateway {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            envoy,
+        })
+    }
 }
 
 /// The smallest gateway a user writes: [`listener_yaml`] and one Mapping `echo` from
