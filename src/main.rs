@@ -237,16 +237,8 @@ struct DiffArgs {
     /// Where TLS secrets are, as for validate.
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
-    /// Load only this gateway's resources when several share the config: those whose
-    /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
-    /// AMBASSADOR_ID).
-    #[arg(
-        long,
-        value_name = "ID",
-        env = "AMBASSADOR_ID",
-        default_value = "default"
-    )]
-    ambassador_id: config::AmbassadorId,
+    #[command(flatten)]
+    gateway: GatewayArg,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
@@ -325,16 +317,8 @@ struct ServeArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
-    /// Load only this gateway's resources when several share the config: those whose
-    /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
-    /// AMBASSADOR_ID).
-    #[arg(
-        long,
-        value_name = "ID",
-        env = "AMBASSADOR_ID",
-        default_value = "default"
-    )]
-    ambassador_id: config::AmbassadorId,
+    #[command(flatten)]
+    gateway: GatewayArg,
     /// Where endpoints come from: EndpointSlices (kubernetes), the cluster DNS names
     /// (dns), or kubernetes when an API server is reachable (auto).
     #[arg(long, value_enum, default_value_t = EndpointsMode::Auto)]
@@ -440,6 +424,13 @@ struct LoadArgs {
     /// Leave out invalid resources instead of rejecting the whole revision.
     #[arg(long)]
     allow_partial: bool,
+    #[command(flatten)]
+    gateway: GatewayArg,
+}
+
+/// Which gateway's resources to load (`validate`, `render`, `serve`, `diff`).
+#[derive(Debug, Args)]
+struct GatewayArg {
     /// Load only this gateway's resources when several share the config: those whose
     /// `ambassador_id` names ID, or names nothing when ID is `default` (Emissary's
     /// AMBASSADOR_ID).
@@ -553,7 +544,7 @@ fn load(args: &LoadArgs) -> Option<Loaded> {
             Policy::RejectRevision
         },
         secrets_dir: args.secrets_dir.clone(),
-        ambassador_id: args.ambassador_id.clone(),
+        ambassador_id: args.gateway.ambassador_id.clone(),
         ..Default::default()
     };
     // `read_dir` + `load_files` rather than `load_dir`, to know the file count.
@@ -725,7 +716,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<u8> {
             },
             secrets_dir: args.secrets_dir.clone(),
             limits,
-            ambassador_id: args.ambassador_id.clone(),
+            ambassador_id: args.gateway.ambassador_id.clone(),
         },
         retry: std::time::Duration::from_secs(1),
         webhook_secret: args.webhook_secret_file.clone(),
@@ -790,7 +781,7 @@ fn diff(args: &DiffArgs) -> anyhow::Result<u8> {
     };
     let options = config::Options {
         secrets_dir: args.secrets_dir.clone(),
-        ambassador_id: args.ambassador_id.clone(),
+        ambassador_id: args.gateway.ambassador_id.clone(),
         ..Default::default()
     };
     let mut translated = Vec::new();
