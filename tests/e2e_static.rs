@@ -7,11 +7,9 @@
 mod util;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use serde_json::Value;
-use util::{Backend, EnvoyProcess, Response, http_request};
+use util::{Backend, EnvoyProcess, RenderedGateway, Response, http_request};
 
 /// A running gateway: Envoy on the rendered bootstrap of one test's config.
 struct Gateway {
@@ -22,38 +20,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Renders `config` (YAML; `{PORT}` stands for the listener's port) and starts Envoy on
+    /// Renders `config` (YAML) beside an HTTP Listener on a free port and starts Envoy on
     /// it. `None` when there is no Envoy binary outside CI (the skip is printed).
     fn start(config: &str) -> Option<Gateway> {
-        let envoy_bin = util::envoy_binary()?;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = util::free_port();
-        let admin_port = util::free_port();
-        let repo = dir.path().join("repo");
-        std::fs::create_dir(&repo).expect("create repo dir");
-        std::fs::write(repo.join("listener.yaml"), util::listener_yaml(port))
-            .expect("write listener");
-        std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
-
-        let output = Command::new(env!("CARGO_BIN_EXE_attache"))
-            .args(["render", "--bootstrap", "--format", "json", "--admin-port"])
-            .arg(admin_port.to_string())
-            .arg(&repo)
-            .output()
-            .expect("run attache render");
-        assert!(
-            output.status.success(),
-            "attache render failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut bootstrap: Value =
-            serde_json::from_slice(&output.stdout).expect("render prints JSON");
-        loopback_only(&mut bootstrap);
-        let path = dir.path().join("envoy.json");
-        std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
-        let envoy = EnvoyProcess::start(&envoy_bin, &path, admin_port);
+        let RenderedGateway { addr, envoy } =
+            RenderedGateway::start(dir.path(), "HTTP", config, None)?;
         Some(Gateway {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             envoy,
             _dir: dir,
         })
@@ -75,17 +49,6 @@ impl Gateway {
 
 /// Translation binds listeners to 0.0.0.0 (a gateway serves the network); tests bind
 /// them to 127.0.0.1 so nothing is reachable from outside the machine.
-fn loopback_only(bootstrap: &mut Value) {
-    let listeners = bootstrap["static_resources"]["listeners"]
-        .as_array_mut()
-        .expect("the bootstrap has listeners");
-    for listener in listeners {
-        let address = &mut listener["address"]["socket_address"]["address"];
-        assert_eq!(address, "0.0.0.0", "listener address as translated");
-        *address = Value::from("127.0.0.1");
-    }
-}
-
 /// `NAME PATH` from a backend's answer: which backend got the request, and at what path.
 fn served_by(response: &Response) -> String {
     assert_eq!(response.status, 200, "{}", response.body_text());

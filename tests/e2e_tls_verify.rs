@@ -194,7 +194,7 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
     ] {
         config += &mapping(name, &service, tls);
     }
-    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTP", &config, &secrets) else {
+    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTP", &config, Some(&secrets)) else {
         return;
     };
     let get = |path: &str| {
@@ -338,7 +338,7 @@ spec:
 ",
         backend.addr
     );
-    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTPS", &config, &secrets) else {
+    let Some(gateway) = RenderedGateway::start(tmp.path(), "HTTPS", &config, Some(&secrets)) else {
         return;
     };
     let ca = pki.crt("ca1");

@@ -27,7 +27,7 @@ fn start(protocol: &str, config: &str, prepare: impl FnOnce(&Path)) -> Option<Ga
     std::fs::create_dir_all(&secrets).expect("secrets dir");
     prepare(dir.path());
     let RenderedGateway { addr, envoy } =
-        RenderedGateway::start(dir.path(), protocol, config, &secrets)?;
+        RenderedGateway::start(dir.path(), protocol, config, Some(&secrets))?;
     Some(Gateway { addr, envoy, dir })
 }
 

@@ -495,14 +495,14 @@ pub struct RenderedGateway {
 
 impl RenderedGateway {
     /// Writes `config` and one Listener ([`listener_yaml_for`] `protocol`) on a free port
-    /// into `dir/repo`, renders it with `--secrets-dir secrets`, binds the listeners to
-    /// 127.0.0.1 and starts Envoy on the bootstrap (`dir/envoy.json`). `None` (a skip)
-    /// without an Envoy binary.
+    /// into `dir/repo`, renders it (with `--secrets-dir` when `secrets` is given), moves
+    /// the listeners from 0.0.0.0 to 127.0.0.1 and starts Envoy on the bootstrap
+    /// (`dir/envoy.json`). `None` (a skip) without an Envoy binary.
     pub fn start(
         dir: &Path,
         protocol: &str,
         config: &str,
-        secrets: &Path,
+        secrets: Option<&Path>,
     ) -> Option<RenderedGateway> {
         let envoy_bin = envoy_binary()?;
         let (port, admin_port) = (free_port(), free_port());
@@ -514,14 +514,14 @@ impl RenderedGateway {
         )
         .expect("write listener");
         std::fs::write(repo.join("gateway.yaml"), config).expect("write config");
-        let output = Command::new(env!("CARGO_BIN_EXE_attache"))
+        let mut render = Command::new(env!("CARGO_BIN_EXE_attache"));
+        render
             .args(["render", "--bootstrap", "--format", "json", "--admin-port"])
-            .arg(admin_port.to_string())
-            .arg("--secrets-dir")
-            .arg(secrets)
-            .arg(&repo)
-            .output()
-            .expect("run attache render");
+            .arg(admin_port.to_string());
+        if let Some(secrets) = secrets {
+            render.arg("--secrets-dir").arg(secrets);
+        }
+        let output = render.arg(&repo).output().expect("run attache render");
         assert!(
             output.status.success(),
             "attache render failed:\n{}",
@@ -533,7 +533,9 @@ impl RenderedGateway {
             .as_array_mut()
             .expect("listeners")
         {
-            listener["address"]["socket_address"]["address"] = serde_json::Value::from("127.0.0.1");
+            let address = &mut listener["address"]["socket_address"]["address"];
+            assert_eq!(address, "0.0.0.0", "listener address as translated");
+            *address = serde_json::Value::from("127.0.0.1");
         }
         let path = dir.join("envoy.json");
         std::fs::write(&path, bootstrap.to_string()).expect("write bootstrap");
