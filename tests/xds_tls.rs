@@ -43,6 +43,16 @@ const SERVER_NAME: &str = "attache-xds";
 /// attache's certificate names: what Envoy checks (`SERVER_NAME`) and the address.
 const SERVER_SANS: &str = "DNS:attache-xds,IP:127.0.0.1";
 
+/// The PKI every test here starts from: a CA `ca`, attache's certificate `server` and
+/// Envoy's client certificate `edge`, both from `ca`. `None` (a skip) without openssl.
+fn attache_pki(dir: &Path) -> Option<Pki> {
+    let pki = Pki::new(dir)?;
+    pki.make("ca", "ca", None, None);
+    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
+    pki.make("edge", "client", Some("ca"), None);
+    Some(pki)
+}
+
 /// attache's files: the certificate `server`, trusting client certificates of `client_ca`.
 fn server_files(pki: &Pki, server: &str, client_ca: &str) -> TlsFiles {
     TlsFiles {
@@ -213,12 +223,9 @@ async fn only_envoys_with_a_client_certificate_from_the_ca_get_configuration() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(pki) = Pki::new(dir.path()) else {
+    let Some(pki) = attache_pki(dir.path()) else {
         return;
     };
-    pki.make("ca", "ca", None, None);
-    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
-    pki.make("edge", "client", Some("ca"), None);
     pki.make("rogue-ca", "ca", None, None);
     pki.make("rogue", "client", Some("rogue-ca"), None);
 
@@ -367,14 +374,11 @@ async fn a_rotated_server_certificate_serves_new_connections_without_a_restart()
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(pki) = Pki::new(dir.path()) else {
+    let Some(pki) = attache_pki(dir.path()) else {
         return;
     };
-    pki.make("ca", "ca", None, None);
     pki.make("ca2", "ca", None, None);
-    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
     pki.make("server2", "server", Some("ca2"), Some(SERVER_SANS));
-    pki.make("edge", "client", Some("ca"), None);
     // attache reads its files from a directory of its own, rotated in place.
     let live = dir.path().join("live");
     std::fs::create_dir(&live).expect("mkdir");
@@ -454,12 +458,9 @@ async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(pki) = Pki::new(dir.path()) else {
+    let Some(pki) = attache_pki(dir.path()) else {
         return;
     };
-    pki.make("ca", "ca", None, None);
-    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
-    pki.make("edge", "client", Some("ca"), None);
     pki.make("old-ca", "ca", None, None);
     pki.make("stale", "client", Some("old-ca"), None);
 
@@ -567,12 +568,9 @@ async fn a_renewed_envoy_client_certificate_is_used_without_a_restart() {
 async fn serve_over_tls_takes_a_client_certificate_and_counts_a_plaintext_client() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("temp dir");
-    let Some(pki) = Pki::new(dir.path()) else {
+    let Some(pki) = attache_pki(dir.path()) else {
         return;
     };
-    pki.make("ca", "ca", None, None);
-    pki.make("server", "server", Some("ca"), Some(SERVER_SANS));
-    pki.make("edge", "client", Some("ca"), None);
     let config = dir.path().join("config");
     std::fs::create_dir(&config).expect("mkdir");
     std::fs::write(
