@@ -139,12 +139,10 @@ spec:
     )
 }
 
-#[test]
-fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(pki) = Pki::new(&tmp.path().join("pki")) else {
-        return;
-    };
+/// The PKI the upstream tests start from: CAs `ca1` and `ca2`, and a server certificate
+/// `server` for localhost and 127.0.0.1 from `ca1`. `None` (a skip) without openssl.
+fn two_cas(dir: &Path) -> Option<Pki> {
+    let pki = Pki::new(dir)?;
     pki.make("ca1", "ca", None, None);
     pki.make("ca2", "ca", None, None);
     pki.make(
@@ -153,6 +151,15 @@ fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
         Some("ca1"),
         Some("DNS:localhost,IP:127.0.0.1"),
     );
+    Some(pki)
+}
+
+#[test]
+fn upstream_tls_with_a_ca_secret_verifies_the_servers_chain_and_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(pki) = two_cas(&tmp.path().join("pki")) else {
+        return;
+    };
     let secrets = tmp.path().join("secrets");
     // Emissary's layout (the CA in tls.crt) for one, cert-manager's (ca.crt) for the other.
     pki.install("ca1", &secrets, "ca1", "tls.crt");
@@ -470,17 +477,9 @@ fn serve(
 #[test]
 fn a_rotated_ca_reaches_envoy_over_sds_without_a_cluster_update() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(pki) = Pki::new(&tmp.path().join("pki")) else {
+    let Some(pki) = two_cas(&tmp.path().join("pki")) else {
         return;
     };
-    pki.make("ca1", "ca", None, None);
-    pki.make("ca2", "ca", None, None);
-    pki.make(
-        "server",
-        "server",
-        Some("ca1"),
-        Some("DNS:localhost,IP:127.0.0.1"),
-    );
     // The gateway starts out trusting the wrong CA.
     let secrets = tmp.path().join("secrets");
     pki.install("ca2", &secrets, "upstream-ca", "ca.crt");
