@@ -146,6 +146,17 @@ pub(super) fn same_match(a: &Mapping, b: &Mapping) -> bool {
     a.path == b.path && a.hostname == b.hostname && MatchKey::of(a) == MatchKey::of(b)
 }
 
+/// The numeric part of an [`OrderKey`] (its first six fields): what `steady` keeps per
+/// group besides the text.
+pub(super) type Rank = (
+    Reverse<i32>,
+    Reverse<usize>,
+    Reverse<usize>,
+    Reverse<usize>,
+    u8,
+    bool,
+);
+
 /// Emissary's route order for one group, as a sort key (ascending = first).
 ///
 /// Emissary sorts by its "route weight", highest first: precedence, then the length of

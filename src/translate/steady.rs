@@ -11,7 +11,7 @@
 //! assembled from the virtual hosts' bytes (a protobuf message is the concatenation of
 //! its fields; see `incremental`).
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteConfiguratio
 use prost::Message;
 
 use super::incremental::length_delimited;
-use super::route::{Group, OrderKey};
+use super::route::{Group, OrderKey, Rank};
 use super::vhost::{self, Attachment, RouteSlot, VirtualHostLayout};
 
 /// Every RouteConfiguration, one per listener, in listener-plan order.
@@ -118,14 +118,7 @@ struct Slot {
 /// An [`OrderKey`] that owns its text, shared by the slots of one group.
 #[derive(Debug, Clone)]
 pub(super) struct Key {
-    rank: (
-        Reverse<i32>,
-        Reverse<usize>,
-        Reverse<usize>,
-        Reverse<usize>,
-        u8,
-        bool,
-    ),
+    rank: Rank,
     text: Arc<(String, String, String)>,
 }
 
